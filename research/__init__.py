@@ -1,0 +1,1 @@
+"""JAX research codebase: how fine-tuning erodes LLM safety alignment, and defenses."""

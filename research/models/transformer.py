@@ -1,0 +1,287 @@
+"""A Llama-family decoder in Flax NNX with stacked, scanned layers and activation sites.
+
+One forward function serves training, generation and analysis:
+- `deltas[site]` (`[L, B, T, D]`) is added at a per-layer site, so the gradient with
+  respect to an activation is `jax.grad` with respect to its delta at zero (Vaccine,
+  drift, steering);
+- `capture=(site, ...)` returns those activations stacked `[L, B, T, D]` (logit lens,
+  probes);
+- `cache` carries a KV cache for prefill/decode.
+
+Sites: `attn_out` (attention output after o_proj, before the residual add), `mlp_out`
+(MLP output before its residual add), `resid_post` (residual stream after the block).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from research.models.config import ModelConfig
+from research.models.lora import LoRAConfig, attach_lora
+
+SITES = ("attn_out", "mlp_out", "resid_post")
+_NEG_INF = -1e30
+
+
+class KVCache(NamedTuple):
+    """Keys/values `[L, B, S, K, hd]`, which slots hold real tokens `[B, S]`, next slot."""
+
+    k: jax.Array
+    v: jax.Array
+    mask: jax.Array
+    index: jax.Array
+
+    @classmethod
+    def init(cls, config: ModelConfig, batch: int, length: int, dtype=jnp.float32) -> "KVCache":
+        shape = (config.num_layers, batch, length, config.num_kv_heads, config.head_dim)
+        return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype),
+                   jnp.zeros((batch, length), bool), jnp.zeros((), jnp.int32))
+
+
+class DecoderOutput(NamedTuple):
+    logits: jax.Array | None          # [B, T, V] ("all"), [B, V] ("last") or None
+    captured: dict[str, jax.Array]    # site -> [L, B, T, D]
+    cache: KVCache | None
+    hidden: jax.Array                 # final-norm hidden states [B, T, D]
+
+
+# --------------------------------------------------------------------------- math
+def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
+    x32 = x.astype(jnp.float32)
+    normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return weight.astype(x.dtype) * normed.astype(x.dtype)
+
+
+def rope_frequencies(config: ModelConfig) -> jax.Array:
+    """Inverse frequencies `[hd/2]`, with linear or Llama 3.x scaling applied."""
+    hd = config.head_dim
+    inv_freq = 1.0 / (config.rope_theta ** (jnp.arange(0, hd, 2, dtype=jnp.float32) / hd))
+    scaling = config.rope_dict
+    kind = scaling.get("rope_type", "default")
+    if kind == "linear":
+        inv_freq = inv_freq / scaling["factor"]
+    elif kind == "llama3":
+        factor = scaling["factor"]
+        low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
+        old_len = scaling["original_max_position_embeddings"]
+        wavelen = 2 * math.pi / inv_freq
+        scaled = jnp.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+        smooth = (old_len / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
+        inv_freq = jnp.where(medium, smoothed, scaled)
+    return inv_freq
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.Array:
+    """Rotate `x [B, T, N, hd]` by `positions [B, T]` (half-split layout, as HF Llama)."""
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, hd/2]
+    cos = jnp.concatenate([jnp.cos(angles)] * 2, axis=-1)[:, :, None, :]
+    sin = jnp.concatenate([jnp.sin(angles)] * 2, axis=-1)[:, :, None, :]
+    x32 = x.astype(jnp.float32)
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
+    return (x32 * cos + rotated * sin).astype(x.dtype)
+
+
+def visibility_mask(kv_mask: jax.Array, offset: jax.Array, query_len: int,
+                   window: int | None) -> jax.Array:
+    """Boolean `[B, T, S]`: key s is visible to query t (causal, padding, window)."""
+    key_len = kv_mask.shape[1]
+    q_idx = offset + jnp.arange(query_len)[:, None]
+    k_idx = jnp.arange(key_len)[None, :]
+    visible = k_idx <= q_idx
+    if window is not None:
+        visible &= k_idx > q_idx - window
+    return visible[None] & kv_mask[:, None, :]
+
+
+# --------------------------------------------------------------------------- module
+_LAYER_WEIGHTS = ("w_q", "w_k", "w_v", "w_o", "w_gate", "w_up", "w_down")
+
+
+class LayerStack(nnx.Module):
+    """All decoder layers' parameters, stacked on a leading layer axis."""
+
+    def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
+        L, D, F = config.num_layers, config.hidden_size, config.intermediate_size
+        q_dim = config.num_heads * config.head_dim
+        kv_dim = config.num_kv_heads * config.head_dim
+        shapes = {"q": (D, q_dim), "k": (D, kv_dim), "v": (D, kv_dim), "o": (q_dim, D),
+                  "gate": (D, F), "up": (D, F), "down": (F, D)}
+        init = nnx.initializers.normal(0.02)
+        self.attn_norm = nnx.Param(jnp.ones((L, D)))
+        self.mlp_norm = nnx.Param(jnp.ones((L, D)))
+        for name, (din, dout) in shapes.items():
+            setattr(self, f"w_{name}", nnx.Param(init(rngs.params(), (L, din, dout))))
+        if config.attention_bias:
+            for name in ("q", "k", "v"):
+                setattr(self, f"b_{name}", nnx.Param(jnp.zeros((L, shapes[name][1]))))
+
+    def arrays(self) -> dict[str, jax.Array]:
+        """Plain arrays of every stacked parameter, keyed by attribute name."""
+        return {name: var.value for name, var in vars(self).items()
+                if isinstance(var, nnx.Variable)}
+
+
+class Decoder(nnx.Module):
+    """Llama-family causal LM. Parameters are float32; `compute_dtype` sets the math."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, lora: LoRAConfig | None = None,
+                 compute_dtype: Any = jnp.float32):
+        self.config = config
+        self.lora_config: LoRAConfig | None = None  # set by attach_lora
+        self.compute_dtype = compute_dtype
+        init = nnx.initializers.normal(0.02)
+        self.embed = nnx.Param(init(rngs.params(), (config.vocab_size, config.hidden_size)))
+        self.layers = LayerStack(config, rngs)
+        self.final_norm = nnx.Param(jnp.ones((config.hidden_size,)))
+        if not config.tie_word_embeddings:
+            self.lm_head = nnx.Param(init(rngs.params(), (config.hidden_size, config.vocab_size)))
+        if lora is not None:
+            attach_lora(self, lora, seed=int(jax.random.randint(rngs.params(), (), 0, 2**30)))
+
+    # ---- pieces reused by analysis (logit lens) ---------------------------------
+    def normalize(self, x: jax.Array) -> jax.Array:
+        return rms_norm(x, self.final_norm.value, self.config.rms_norm_eps)
+
+    def unembed(self, x: jax.Array) -> jax.Array:
+        """Normed hidden `[..., D]` -> float32 logits `[..., V]`."""
+        head = (self.embed.value.T if self.config.tie_word_embeddings else self.lm_head.value)
+        return jnp.einsum("...d,dv->...v", x.astype(self.compute_dtype),
+                          head.astype(self.compute_dtype)).astype(jnp.float32)
+
+    # ---- forward -----------------------------------------------------------------
+    def __call__(
+        self,
+        tokens: jax.Array,
+        *,
+        attention_mask: jax.Array | None = None,
+        positions: jax.Array | None = None,
+        deltas: dict[str, jax.Array] | None = None,
+        capture: tuple[str, ...] = (),
+        cache: KVCache | None = None,
+        lora_enabled: bool = True,
+        logits: str = "all",
+        remat: bool = False,
+    ) -> DecoderOutput:
+        """Run the decoder on `tokens [B, T]`.
+
+        attention_mask [B, T] marks real tokens (left padding allowed); positions default
+        to the count of real tokens before each one. `logits` is "all", "last" or "none".
+        """
+        cfg = self.config
+        B, T = tokens.shape
+        L, D = cfg.num_layers, cfg.hidden_size
+        deltas = dict(deltas or {})
+        for site in list(deltas) + list(capture):
+            if site not in SITES:
+                raise ValueError(f"unknown activation site {site!r}; sites are {SITES}")
+        for site, delta in deltas.items():
+            chex.assert_shape(delta, (L, B, T, D))
+        if attention_mask is None:
+            attention_mask = jnp.ones((B, T), bool)
+        attention_mask = attention_mask.astype(bool)
+        if positions is None:
+            positions = jnp.cumsum(attention_mask, axis=1) - 1
+            if cache is not None:  # continue counting from the cached real tokens
+                positions = positions + jnp.sum(cache.mask, axis=1, keepdims=True)
+            positions = jnp.maximum(positions, 0)
+
+        if cache is None:
+            kv_mask, offset = attention_mask, jnp.zeros((), jnp.int32)
+        else:
+            kv_mask = jax.lax.dynamic_update_slice(cache.mask, attention_mask, (0, cache.index))
+            offset = cache.index
+        mask = visibility_mask(kv_mask, offset, T, cfg.sliding_window)[:, None, None]
+
+        dtype = self.compute_dtype
+        inv_freq = rope_frequencies(cfg)
+        layer_params = self.layers.arrays()
+        lora = self.lora_config if (self.lora_config is not None and lora_enabled) else None
+        x = self.embed.value[tokens].astype(dtype)
+
+        def block(x, xs):
+            p, site_deltas, layer_cache = xs
+            captured = {}
+
+            def site(name, value):
+                if name in site_deltas:
+                    value = value + site_deltas[name].astype(value.dtype)
+                if name in capture:
+                    captured[name] = value
+                return value
+
+            def proj(h, name):
+                y = h @ p[f"w_{name}"].astype(dtype)
+                if lora is not None and name in lora.targets:
+                    a, b = p[f"lora_{name}_a"].astype(dtype), p[f"lora_{name}_b"].astype(dtype)
+                    y = y + (lora.scale * ((h @ a) @ b)).astype(y.dtype)
+                if f"b_{name}" in p:
+                    y = y + p[f"b_{name}"].astype(dtype)
+                return y
+
+            h = rms_norm(x, p["attn_norm"], cfg.rms_norm_eps)
+            q = proj(h, "q").reshape(B, T, cfg.num_heads, cfg.head_dim)
+            k = proj(h, "k").reshape(B, T, cfg.num_kv_heads, cfg.head_dim)
+            v = proj(h, "v").reshape(B, T, cfg.num_kv_heads, cfg.head_dim)
+            q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
+            if layer_cache is not None:
+                ck, cv = layer_cache
+                k = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, offset, 0, 0))
+                v = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, offset, 0, 0))
+                new_cache = (k, v)
+            else:
+                new_cache = None
+            attn = grouped_attention(q, k.astype(dtype), v.astype(dtype), mask)
+            attn = site("attn_out", proj(attn.reshape(B, T, -1), "o"))
+            x = x + attn
+            h = rms_norm(x, p["mlp_norm"], cfg.rms_norm_eps)
+            mlp = proj(jax.nn.silu(proj(h, "gate")) * proj(h, "up"), "down")
+            mlp = site("mlp_out", mlp)
+            x = site("resid_post", x + mlp)
+            return x, (captured, new_cache)
+
+        if remat:
+            block = jax.checkpoint(block)
+        layer_cache = None if cache is None else (cache.k, cache.v)
+        x, (captured, new_kv) = jax.lax.scan(block, x, (layer_params, deltas, layer_cache))
+
+        new_cache = None
+        if cache is not None:
+            new_cache = KVCache(new_kv[0], new_kv[1], kv_mask, cache.index + T)
+        hidden = self.normalize(x)
+        if logits == "all":
+            out_logits = self.unembed(hidden)
+        elif logits == "last":
+            out_logits = self.unembed(hidden[:, -1])
+        elif logits == "none":
+            out_logits = None
+        else:
+            raise ValueError(f"logits must be 'all', 'last' or 'none', got {logits!r}")
+        return DecoderOutput(out_logits, captured, new_cache, hidden)
+
+
+
+def grouped_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """Grouped-query attention. q `[B,T,H,hd]`, k/v `[B,S,K,hd]`, mask `[B,1,1,T,S]`."""
+    B, T, H, hd = q.shape
+    K = k.shape[2]
+    q = q.reshape(B, T, K, H // K, hd)
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k).astype(jnp.float32) / math.sqrt(hd)
+    scores = jnp.where(mask, scores, _NEG_INF)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+    return out.reshape(B, T, H, hd)
+
+
+def init_decoder(config: ModelConfig, *, seed: int = 0, lora: LoRAConfig | None = None,
+                 compute_dtype: Any = jnp.float32) -> Decoder:
+    """A randomly initialised decoder (tiny test models, or a base to load weights into)."""
+    return Decoder(config, rngs=nnx.Rngs(seed), lora=lora, compute_dtype=compute_dtype)
