@@ -29,6 +29,6 @@ setup(
     ],
     extras_require={
         "dev": ["pytest", "nbclient", "nbformat", "ipykernel", "scikit-learn"],
-        "reference": ["torch==2.13.0", "transformers>=5.0"],
+        "reference": ["torch==2.13.0", "transformers>=5.0", "accelerate"],
     },
 )

@@ -116,10 +116,10 @@ def assign_hf_state(model: Decoder, state: dict[str, np.ndarray], source: str) -
     """Fill a decoder's base parameters from an HF state dict (checked first)."""
     cfg = model.config
     check_hf_state(cfg, state, source)
-    model.embed.value = _f32(state["model.embed_tokens.weight"])
-    model.final_norm.value = _f32(state["model.norm.weight"])
+    model.embed.set_value(_f32(state["model.embed_tokens.weight"]))
+    model.final_norm.set_value(_f32(state["model.norm.weight"]))
     if not cfg.tie_word_embeddings:
-        model.lm_head.value = _f32(state["lm_head.weight"]).T
+        model.lm_head.set_value(_f32(state["lm_head.weight"]).T)
     for attr, hf_name in _LAYER_NAMES.items():
         if not hasattr(model.layers, attr):
             continue
@@ -127,25 +127,25 @@ def assign_hf_state(model: Decoder, state: dict[str, np.ndarray], source: str) -
                             for i in range(cfg.num_layers)])
         if attr.startswith("w_"):
             stacked = stacked.transpose(0, 2, 1)  # torch [out, in] -> [in, out]
-        getattr(model.layers, attr).value = _f32(stacked)
+        getattr(model.layers, attr).set_value(_f32(stacked))
 
 
 def hf_state_from_model(model: Decoder) -> dict[str, np.ndarray]:
     """The decoder's base weights as an HF state dict (LoRA adapters merged in)."""
     cfg = model.config
     lora = model.lora_config
-    state = {"model.embed_tokens.weight": np.asarray(model.embed.value, np.float32),
-             "model.norm.weight": np.asarray(model.final_norm.value, np.float32)}
+    state = {"model.embed_tokens.weight": np.asarray(model.embed.get_value(), np.float32),
+             "model.norm.weight": np.asarray(model.final_norm.get_value(), np.float32)}
     if not cfg.tie_word_embeddings:
-        state["lm_head.weight"] = np.asarray(model.lm_head.value, np.float32).T.copy()
+        state["lm_head.weight"] = np.asarray(model.lm_head.get_value(), np.float32).T.copy()
     for attr, hf_name in _LAYER_NAMES.items():
         if not hasattr(model.layers, attr):
             continue
-        stacked = np.asarray(getattr(model.layers, attr).value, np.float32)
+        stacked = np.asarray(getattr(model.layers, attr).get_value(), np.float32)
         target = attr[2:]
         if lora is not None and attr.startswith("w_") and target in lora.targets:
-            a = np.asarray(getattr(model.layers, f"lora_{target}_a").value, np.float32)
-            b = np.asarray(getattr(model.layers, f"lora_{target}_b").value, np.float32)
+            a = np.asarray(getattr(model.layers, f"lora_{target}_a").get_value(), np.float32)
+            b = np.asarray(getattr(model.layers, f"lora_{target}_b").get_value(), np.float32)
             stacked = stacked + lora.scale * np.einsum("lir,lro->lio", a, b)
         if attr.startswith("w_"):
             stacked = stacked.transpose(0, 2, 1)

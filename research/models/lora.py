@@ -81,5 +81,6 @@ def merge_lora(model) -> None:
         a = getattr(model.layers, f"lora_{target}_a")
         b = getattr(model.layers, f"lora_{target}_b")
         w = getattr(model.layers, f"w_{target}")
-        w.value = w.value + scale * jnp.einsum("lir,lro->lio", a.value, b.value)
-        b.value = jnp.zeros_like(b.value)
+        delta = jnp.einsum("lir,lro->lio", a.get_value(), b.get_value())
+        w.set_value(w.get_value() + scale * delta)
+        b.set_value(jnp.zeros_like(b.get_value()))

@@ -52,8 +52,13 @@ class DecoderOutput(NamedTuple):
 
 
 # --------------------------------------------------------------------------- math
+def _at_least_f32(x: jax.Array) -> jax.Array:
+    """Upcast for numerically sensitive ops (float32, or float64 when x64 is on)."""
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
 def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
-    x32 = x.astype(jnp.float32)
+    x32 = _at_least_f32(x)
     normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
     return weight.astype(x.dtype) * normed.astype(x.dtype)
 
@@ -81,10 +86,10 @@ def rope_frequencies(config: ModelConfig) -> jax.Array:
 
 def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.Array:
     """Rotate `x [B, T, N, hd]` by `positions [B, T]` (half-split layout, as HF Llama)."""
-    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, hd/2]
+    angles = positions.astype(inv_freq.dtype)[..., None] * inv_freq  # [B, T, hd/2]
     cos = jnp.concatenate([jnp.cos(angles)] * 2, axis=-1)[:, :, None, :]
     sin = jnp.concatenate([jnp.sin(angles)] * 2, axis=-1)[:, :, None, :]
-    x32 = x.astype(jnp.float32)
+    x32 = _at_least_f32(x)
     half = x.shape[-1] // 2
     rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
     return (x32 * cos + rotated * sin).astype(x.dtype)
@@ -126,7 +131,7 @@ class LayerStack(nnx.Module):
 
     def arrays(self) -> dict[str, jax.Array]:
         """Plain arrays of every stacked parameter, keyed by attribute name."""
-        return {name: var.value for name, var in vars(self).items()
+        return {name: var.get_value() for name, var in vars(self).items()
                 if isinstance(var, nnx.Variable)}
 
 
@@ -149,13 +154,15 @@ class Decoder(nnx.Module):
 
     # ---- pieces reused by analysis (logit lens) ---------------------------------
     def normalize(self, x: jax.Array) -> jax.Array:
-        return rms_norm(x, self.final_norm.value, self.config.rms_norm_eps)
+        return rms_norm(x, self.final_norm.get_value(), self.config.rms_norm_eps)
 
     def unembed(self, x: jax.Array) -> jax.Array:
         """Normed hidden `[..., D]` -> float32 logits `[..., V]`."""
-        head = (self.embed.value.T if self.config.tie_word_embeddings else self.lm_head.value)
-        return jnp.einsum("...d,dv->...v", x.astype(self.compute_dtype),
-                          head.astype(self.compute_dtype)).astype(jnp.float32)
+        tied = self.config.tie_word_embeddings
+        head = self.embed.get_value().T if tied else self.lm_head.get_value()
+        logits = jnp.einsum("...d,dv->...v", x.astype(self.compute_dtype),
+                            head.astype(self.compute_dtype))
+        return _at_least_f32(logits)
 
     # ---- forward -----------------------------------------------------------------
     def __call__(
@@ -205,7 +212,7 @@ class Decoder(nnx.Module):
         inv_freq = rope_frequencies(cfg)
         layer_params = self.layers.arrays()
         lora = self.lora_config if (self.lora_config is not None and lora_enabled) else None
-        x = self.embed.value[tokens].astype(dtype)
+        x = self.embed.get_value()[tokens].astype(dtype)
 
         def block(x, xs):
             p, site_deltas, layer_cache = xs
@@ -274,7 +281,7 @@ def grouped_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array)
     B, T, H, hd = q.shape
     K = k.shape[2]
     q = q.reshape(B, T, K, H // K, hd)
-    scores = jnp.einsum("btkgd,bskd->bkgts", q, k).astype(jnp.float32) / math.sqrt(hd)
+    scores = _at_least_f32(jnp.einsum("btkgd,bskd->bkgts", q, k)) / math.sqrt(hd)
     scores = jnp.where(mask, scores, _NEG_INF)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
