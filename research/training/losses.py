@@ -1,0 +1,99 @@
+"""Response-only language-model losses over a split NNX decoder.
+
+Batch convention (shared with `research.data.batches`), all arrays `[B, T]`:
+- `input_ids` int32 token ids;
+- `attention_mask` 1 for a real token, 0 for padding (left or right padding both work);
+- `loss_mask` 1 where the token *at* position t is a response token to be predicted.
+  The logits at position t-1 predict `input_ids[t]`, so the loss pairs
+  `logits[:, :-1]` with `input_ids[:, 1:]` weighted by `loss_mask[:, 1:]`;
+  `loss_mask[:, 0]` is ignored (nothing predicts the first token).
+
+Losses are returned as a *sum* over loss tokens together with the token count, so that
+gradient accumulation can divide once by the batch's total count and equal the
+full-batch mean exactly (microbatches with different numbers of response tokens are
+weighted by their token counts, not averaged as equals).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Batch = dict[str, jax.Array]
+BATCH_KEYS = ("input_ids", "attention_mask", "loss_mask")
+
+
+class LossSum(NamedTuple):
+    """Summed loss over the loss tokens of a (micro)batch, and how many there were."""
+
+    loss_sum: jax.Array  # scalar float32
+    tokens: jax.Array    # scalar float32
+
+
+def check_batch(batch: Batch) -> None:
+    """Validate the batch convention at the boundary (keys, ranks, equal shapes)."""
+    missing = [key for key in BATCH_KEYS if key not in batch]
+    if missing:
+        raise KeyError(f"batch is missing {missing}; expected keys {BATCH_KEYS}")
+    chex.assert_rank(batch["input_ids"], 2)
+    chex.assert_equal_shape([batch[key] for key in BATCH_KEYS])
+
+
+def token_nll(logits: jax.Array, input_ids: jax.Array) -> jax.Array:
+    """Next-token negative log-likelihood `[B, T-1]` from logits `[B, T, V]`."""
+    chex.assert_rank(logits, 3)
+    logits = logits[:, :-1].astype(jnp.float32)
+    targets = input_ids[:, 1:]
+    log_z = jax.nn.logsumexp(logits, axis=-1)
+    target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    return log_z - target_logit
+
+
+def response_weights(batch: Batch) -> jax.Array:
+    """Float weights `[B, T-1]` of the predicted positions that count in the loss."""
+    mask = batch["loss_mask"][:, 1:] * batch["attention_mask"][:, 1:]
+    return mask.astype(jnp.float32)
+
+
+def masked_nll_sum(logits: jax.Array, batch: Batch) -> LossSum:
+    """Summed response-token cross-entropy and the number of response tokens."""
+    weights = response_weights(batch)
+    nll = token_nll(logits, batch["input_ids"])
+    return LossSum(jnp.sum(nll * weights), jnp.sum(weights))
+
+
+def per_example_mean_nll(logits: jax.Array, batch: Batch) -> tuple[jax.Array, jax.Array]:
+    """Per-example mean response loss `[B]` and response-token counts `[B]`.
+
+    Examples without response tokens get loss 0 (their count says so).
+    """
+    weights = response_weights(batch)
+    nll = token_nll(logits, batch["input_ids"])
+    counts = jnp.sum(weights, axis=-1)
+    return jnp.sum(nll * weights, axis=-1) / jnp.maximum(counts, 1.0), counts
+
+
+def sft_loss_sum(
+    trainable: nnx.State,
+    frozen: nnx.State,
+    graphdef: nnx.GraphDef,
+    batch: Batch,
+    *,
+    deltas: dict[str, jax.Array] | None = None,
+    lora_enabled: bool = True,
+    remat: bool = False,
+) -> tuple[jax.Array, dict[str, Any]]:
+    """SFT objective as a differentiable sum: `(loss_sum, {"tokens": n})`.
+
+    `deltas` passes straight to the decoder's activation sites, so perturbation methods
+    (Vaccine) differentiate this same function with respect to them.
+    """
+    model = nnx.merge(graphdef, trainable, frozen)
+    out = model(batch["input_ids"], attention_mask=batch["attention_mask"], deltas=deltas,
+                lora_enabled=lora_enabled, remat=remat)
+    total = masked_nll_sum(out.logits, batch)
+    return total.loss_sum, {"tokens": total.tokens}
