@@ -124,7 +124,7 @@ def _download_from_hub(repo_id: str) -> Path:
         raise ModelSourceError(
             f"could not fetch {repo_id!r} from the Hugging Face hub ({type(err).__name__}: "
             f"{str(err).splitlines()[0] if str(err) else ''}). Offline, download it on a "
-            f"machine with access (`huggingface-cli download {repo_id} --local-dir DIR`) "
+            f"machine with access (`hf download {repo_id} --local-dir DIR`) "
             f"and pass the folder: load_pretrained('DIR')") from None
 
 
