@@ -28,10 +28,18 @@ class HubSpec:
     to_row: Callable[[dict[str, Any]], dict[str, Any] | None]
 
 
+class _BadValue(Exception):
+    """A mapped record's field holds a value the mapping cannot use."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
 def _gsm8k(r: dict) -> dict:
     answer = r["answer"].rsplit("####", 1)
     if len(answer) != 2:
-        raise KeyError("answer (no '####' final answer)")
+        raise _BadValue("answer", "no '####' final answer")
     return dict(prompt=r["question"], response=r["answer"].strip(),
                 answer=answer[1].strip().replace(",", ""), category="gsm8k")
 
@@ -44,13 +52,13 @@ def _alpaca(r: dict) -> dict:
 
 def _label(names: tuple[str, ...], value: Any) -> str:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < len(names):
-        raise TypeError(f"label must be an int in [0, {len(names) - 1}], got {value!r}")
+        raise _BadValue("label", f"must be an int in [0, {len(names) - 1}], got {value!r}")
     return names[value]
 
 
 def _beavertails(r: dict, want_safe: bool | None) -> dict | None:
     if not isinstance(r["is_safe"], bool):
-        raise TypeError(f"is_safe must be a bool, got {r['is_safe']!r}")
+        raise _BadValue("is_safe", f"must be a bool, got {r['is_safe']!r}")
     if want_safe is not None and r["is_safe"] != want_safe:
         return None
     flags = r.get("category") or {}
@@ -127,6 +135,8 @@ def load_hub(name: str, *, data_files: str | list[str] | None = None,
             mapped = spec.to_row(record)
         except KeyError as err:
             raise DataError(where, "missing", row=i, field=str(err.args[0])) from None
+        except _BadValue as err:
+            raise DataError(where, f"bad value: {err}", row=i, field=err.field) from None
         except (TypeError, AttributeError) as err:
             field = next((c for c in spec.columns if c in str(err)), None)
             raise DataError(where, f"wrong type ({err})", row=i, field=field) from None

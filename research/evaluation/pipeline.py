@@ -65,6 +65,9 @@ def answer_text(completion: str, settings: EvalSettings) -> str:
 def make_records(sets: Sequence[PromptSet], completions: Sequence[str],
                  settings: EvalSettings) -> list[dict]:
     """Per-prompt records in set order (completions in the same flattened order)."""
+    total = sum(len(s.rows) for s in sets)
+    if total != len(completions):
+        raise ValueError(f"{len(completions)} completions for {total} prompts")
     records, k = [], 0
     for s in sets:
         for row in s.rows:
@@ -79,8 +82,6 @@ def make_records(sets: Sequence[PromptSet], completions: Sequence[str],
                 rec["correct"] = M.is_correct(answer_text(completion, settings), row.answer,
                                               s.answer_type, s.labels)
             records.append(rec)
-    if k != len(completions):
-        raise ValueError(f"{len(completions)} completions for {k} prompts")
     return records
 
 
