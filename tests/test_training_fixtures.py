@@ -31,7 +31,7 @@ def make_batch(rows: int = 8, length: int = 16, seed: int = 0) -> dict[str, np.n
         prompt = int(rng.integers(1, real - 1))
         loss[r, start + prompt:start + real] = 1
     ids = np.where(attention == 1, ids, 0).astype(np.int32)
-    return {"input_ids": ids, "attention_mask": attention, "loss_mask": loss}
+    return {"tokens": ids, "attention_mask": attention, "loss_mask": loss}
 
 
 class ListIterator:
@@ -51,10 +51,10 @@ class ListIterator:
         self.served += 1
         return batch
 
-    def get_state(self) -> dict:
+    def state(self) -> dict:
         return {"index": self.index}
 
-    def set_state(self, state: dict) -> None:
+    def restore(self, state: dict) -> None:
         self.index = int(state["index"])
 
 
@@ -62,11 +62,11 @@ def test_list_iterator_position_round_trips():
     batches = [make_batch(seed=s) for s in range(3)]
     it = ListIterator(batches)
     next(it)
-    saved = it.get_state()
+    saved = it.state()
     expected = next(it)
     other = ListIterator(batches)
-    other.set_state(saved)
-    np.testing.assert_array_equal(next(other)["input_ids"], expected["input_ids"])
+    other.restore(saved)
+    np.testing.assert_array_equal(next(other)["tokens"], expected["tokens"])
 
 
 def test_batches_have_uneven_loss_tokens_and_both_paddings():

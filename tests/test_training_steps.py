@@ -35,7 +35,7 @@ def _hand_loss(logits: np.ndarray, batch: dict) -> float:
             if batch["loss_mask"][b, t]:
                 row = logits[b, t - 1].astype(np.float64)
                 log_z = np.log(np.exp(row - row.max()).sum()) + row.max()
-                total += log_z - row[batch["input_ids"][b, t]]
+                total += log_z - row[batch["tokens"][b, t]]
                 count += 1
     return total / count
 
@@ -43,7 +43,7 @@ def _hand_loss(logits: np.ndarray, batch: dict) -> float:
 def test_loss_matches_hand_computation_over_response_tokens():
     model = tiny_model()
     batch = make_batch()
-    logits = np.asarray(_forward_logits(model, batch["input_ids"], batch["attention_mask"]))
+    logits = np.asarray(_forward_logits(model, batch["tokens"], batch["attention_mask"]))
     got = masked_nll_sum(jnp.asarray(logits), batch)
     assert got.tokens == batch["loss_mask"][:, 1:].sum()
     np.testing.assert_allclose(got.loss_sum / got.tokens, _hand_loss(logits, batch), rtol=1e-5)
@@ -51,7 +51,7 @@ def test_loss_matches_hand_computation_over_response_tokens():
 
 def test_loss_mask_excludes_prompt_positions_from_the_gradient():
     batch = make_batch()
-    logits = jax.random.normal(jax.random.key(0), (*batch["input_ids"].shape, 128))
+    logits = jax.random.normal(jax.random.key(0), (*batch["tokens"].shape, 128))
     grad = jax.grad(lambda lg: masked_nll_sum(lg, batch).loss_sum)(logits)
     per_position = np.abs(np.asarray(grad)).sum(-1)  # [B, T]
     predicts_response = np.zeros_like(per_position, bool)
@@ -62,7 +62,7 @@ def test_loss_mask_excludes_prompt_positions_from_the_gradient():
 
 def test_per_example_mean_matches_single_example_losses():
     batch = make_batch(rows=4)
-    logits = jax.random.normal(jax.random.key(1), (*batch["input_ids"].shape, 128))
+    logits = jax.random.normal(jax.random.key(1), (*batch["tokens"].shape, 128))
     means, counts = per_example_mean_nll(logits, batch)
     for b in range(4):
         one = {k: v[b:b + 1] for k, v in batch.items()}

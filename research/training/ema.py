@@ -41,7 +41,8 @@ def parameter_ema(beta: float, mode: str = "track") -> optax.GradientTransformat
         raise ValueError(f"EMA mode must be one of {MODES}, got {mode!r}")
 
     def init_fn(params: Any) -> ParameterEmaState:
-        average = jax.tree.map(lambda p: jnp.asarray(p, jnp.float32), params)
+        # A real copy: the state may be donated to a jitted step alongside the params.
+        average = jax.tree.map(lambda p: jnp.array(p, dtype=jnp.float32, copy=True), params)
         return ParameterEmaState(jnp.zeros((), jnp.int32), average)
 
     def update_fn(updates: Any, state: ParameterEmaState, params: Any = None):

@@ -32,9 +32,9 @@ class ResumableIterator(Protocol):
 
     def __next__(self) -> dict[str, np.ndarray]: ...
 
-    def get_state(self) -> dict[str, Any]: ...
+    def state(self) -> dict[str, Any]: ...
 
-    def set_state(self, state: dict[str, Any]) -> None: ...
+    def restore(self, state: dict[str, Any]) -> None: ...
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -79,7 +79,7 @@ def train(
     resume_step = None
     if resume and checkpointer is not None and checkpointer.latest_step() is not None:
         state, position = checkpointer.restore(state)
-        data.set_state(position)
+        data.restore(position)
         resume_step = int(jax.device_get(state.step))
     _prepare_metrics_file(metrics_path, resume_step)
 
@@ -87,12 +87,12 @@ def train(
     bar = tqdm(total=num_steps, initial=start, desc=desc, disable=not progress,
                unit="step", dynamic_ncols=True)
     clock = time.perf_counter()
-    position = data.get_state()
+    position = data.state()
     try:
         with metrics_path.open("a") as log:
             for _ in range(start, num_steps):
                 batch = next(data)
-                position = data.get_state()
+                position = data.state()
                 if mesh is not None:
                     batch = shard_batch(mesh, batch)
                 state, metrics = step_fn(state, frozen, batch)

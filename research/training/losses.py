@@ -1,11 +1,11 @@
 """Response-only language-model losses over a split NNX decoder.
 
 Batch convention (shared with `research.data.batches`), all arrays `[B, T]`:
-- `input_ids` int32 token ids;
+- `tokens` int32 token ids;
 - `attention_mask` 1 for a real token, 0 for padding (left or right padding both work);
 - `loss_mask` 1 where the token *at* position t is a response token to be predicted.
-  The logits at position t-1 predict `input_ids[t]`, so the loss pairs
-  `logits[:, :-1]` with `input_ids[:, 1:]` weighted by `loss_mask[:, 1:]`;
+  The logits at position t-1 predict `tokens[t]`, so the loss pairs
+  `logits[:, :-1]` with `tokens[:, 1:]` weighted by `loss_mask[:, 1:]`;
   `loss_mask[:, 0]` is ignored (nothing predicts the first token).
 
 Losses are returned as a *sum* over loss tokens together with the token count, so that
@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 Batch = dict[str, jax.Array]
-BATCH_KEYS = ("input_ids", "attention_mask", "loss_mask")
+BATCH_KEYS = ("tokens", "attention_mask", "loss_mask")
 
 
 class LossSum(NamedTuple):
@@ -39,15 +39,15 @@ def check_batch(batch: Batch) -> None:
     missing = [key for key in BATCH_KEYS if key not in batch]
     if missing:
         raise KeyError(f"batch is missing {missing}; expected keys {BATCH_KEYS}")
-    chex.assert_rank(batch["input_ids"], 2)
+    chex.assert_rank(batch["tokens"], 2)
     chex.assert_equal_shape([batch[key] for key in BATCH_KEYS])
 
 
-def token_nll(logits: jax.Array, input_ids: jax.Array) -> jax.Array:
+def token_nll(logits: jax.Array, tokens: jax.Array) -> jax.Array:
     """Next-token negative log-likelihood `[B, T-1]` from logits `[B, T, V]`."""
     chex.assert_rank(logits, 3)
     logits = logits[:, :-1].astype(jnp.float32)
-    targets = input_ids[:, 1:]
+    targets = tokens[:, 1:]
     log_z = jax.nn.logsumexp(logits, axis=-1)
     target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
     return log_z - target_logit
@@ -62,7 +62,7 @@ def response_weights(batch: Batch) -> jax.Array:
 def masked_nll_sum(logits: jax.Array, batch: Batch) -> LossSum:
     """Summed response-token cross-entropy and the number of response tokens."""
     weights = response_weights(batch)
-    nll = token_nll(logits, batch["input_ids"])
+    nll = token_nll(logits, batch["tokens"])
     return LossSum(jnp.sum(nll * weights), jnp.sum(weights))
 
 
@@ -72,7 +72,7 @@ def per_example_mean_nll(logits: jax.Array, batch: Batch) -> tuple[jax.Array, ja
     Examples without response tokens get loss 0 (their count says so).
     """
     weights = response_weights(batch)
-    nll = token_nll(logits, batch["input_ids"])
+    nll = token_nll(logits, batch["tokens"])
     counts = jnp.sum(weights, axis=-1)
     return jnp.sum(nll * weights, axis=-1) / jnp.maximum(counts, 1.0), counts
 
@@ -93,7 +93,7 @@ def sft_loss_sum(
     (Vaccine) differentiate this same function with respect to them.
     """
     model = nnx.merge(graphdef, trainable, frozen)
-    out = model(batch["input_ids"], attention_mask=batch["attention_mask"], deltas=deltas,
+    out = model(batch["tokens"], attention_mask=batch["attention_mask"], deltas=deltas,
                 lora_enabled=lora_enabled, remat=remat)
     total = masked_nll_sum(out.logits, batch)
     return total.loss_sum, {"tokens": total.tokens}

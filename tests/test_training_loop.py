@@ -1,0 +1,86 @@
+"""Loop bookkeeping: exact interrupt-and-resume, the NaN guard, metrics.jsonl, checkpoints."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from research.training.checkpointing import Checkpointer
+from research.training.ema import parameter_ema
+from research.training.loop import NonFiniteLossError, train
+from research.training.state import init_train_state, split_model
+from research.training.steps import make_sft_step
+from tests.test_training_fixtures import ListIterator, make_batch, tiny_model
+
+STEPS = 6
+BATCHES = [make_batch(rows=4, seed=s) for s in range(4)]
+
+
+@pytest.fixture(scope="module")
+def setup():
+    graphdef, params, frozen = split_model(tiny_model(), "lora")
+    opt = optax.chain(optax.adamw(3e-2), parameter_ema(0.9, "track"))
+    step = make_sft_step(graphdef, opt, accum_steps=2)
+    return step, params, frozen, opt
+
+
+def _fresh(setup):
+    step, params, frozen, opt = setup
+    return step, init_train_state(jax.tree.map(jnp.copy, params), opt, seed=3), frozen
+
+
+def test_interrupt_and_resume_gives_the_uninterrupted_result(setup, tmp_path):
+    step, state, frozen = _fresh(setup)
+    straight = train(step, state, frozen, ListIterator(BATCHES), num_steps=STEPS,
+                     metrics_path=tmp_path / "a" / "metrics.jsonl", progress=False)
+
+    ckpt = Checkpointer(tmp_path / "b" / "ckpt", save_every=2, async_save=True)
+    step, state, frozen = _fresh(setup)
+    with pytest.raises(KeyboardInterrupt):  # crashes while fetching the 6th batch
+        train(step, state, frozen, ListIterator(BATCHES, fail_after=5), num_steps=STEPS,
+              metrics_path=tmp_path / "b" / "metrics.jsonl", checkpointer=ckpt, progress=False)
+    assert ckpt.latest_step() == 4
+    step, state, frozen = _fresh(setup)
+    resumed = train(step, state, frozen, ListIterator(BATCHES), num_steps=STEPS,
+                    metrics_path=tmp_path / "b" / "metrics.jsonl", checkpointer=ckpt,
+                    resume=True, progress=False)
+    assert int(resumed.step) == STEPS and ckpt.latest_step() == STEPS
+    for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
+        np.testing.assert_array_equal(a, b)  # params, Adam moments, EMA, key
+
+    lines = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == list(range(1, STEPS + 1))
+    reference = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    np.testing.assert_allclose([r["loss"] for r in lines], [r["loss"] for r in reference])
+    assert {"loss", "grad_norm", "lr", "tokens", "tokens_per_s", "step_time_s"} <= set(lines[0])
+    ckpt.close()
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(setup, tmp_path):
+    step, state, frozen = _fresh(setup)
+    poisoned = [dict(b) for b in BATCHES]
+    # Out-of-range token ids make the gathered logit NaN in the loss on step 4.
+    poisoned[3] = dict(poisoned[3], tokens=np.full_like(poisoned[3]["tokens"], 10_000))
+    ckpt = Checkpointer(tmp_path / "ckpt", save_every=2)
+    with pytest.raises(NonFiniteLossError, match=r"step 4.*last good checkpoint is step 2"):
+        train(step, state, frozen, ListIterator(poisoned), num_steps=STEPS,
+              metrics_path=tmp_path / "metrics.jsonl", checkpointer=ckpt, progress=False)
+    assert ckpt.latest_step() == 2
+    restored, position = ckpt.restore(_fresh(setup)[1])
+    assert position == {"index": 2}
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(restored.params))
+    ckpt.close()
+
+
+def test_an_existing_metrics_log_is_not_overwritten(setup, tmp_path):
+    step, state, frozen = _fresh(setup)
+    log = tmp_path / "metrics.jsonl"
+    log.write_text('{"step": 1, "loss": 1.0}\n')
+    with pytest.raises(FileExistsError, match="never overwritten"):
+        train(step, state, frozen, ListIterator(BATCHES), num_steps=1, metrics_path=log,
+              progress=False)

@@ -1,0 +1,94 @@
+"""Sharding: 8 host devices give the 1-device losses; parameter specs; multi-host detection."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from research.training.sharding import fsdp_spec, make_mesh, multi_host_environment
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Runs the same training code on a given mesh and prints the per-step losses as JSON.
+SCRIPT = """
+import json, sys
+import jax, jax.numpy as jnp, ml_collections
+from research.training.optim import make_optimizer
+from research.training.sharding import make_mesh, param_shardings, shard_batch, shard_params
+from research.training.state import init_train_state, split_model
+from research.training.steps import make_sft_step
+from tests.test_training_fixtures import make_batch, tiny_model
+
+def run(data, fsdp):
+    mesh = make_mesh(data, fsdp, devices=jax.devices()[: data * fsdp])
+    graphdef, params, frozen = split_model(tiny_model(lora=False), "full")
+    opt = make_optimizer(ml_collections.ConfigDict(dict(
+        name="adamw", lr=1e-2, schedule="cosine", warmup_steps=1, total_steps=3,
+        weight_decay=0.1)))
+    state = shard_params(mesh, init_train_state(params, opt, seed=0))
+    frozen = shard_params(mesh, frozen)
+    step = make_sft_step(graphdef, opt, accum_steps=2,
+                         state_shardings=param_shardings(mesh, state))
+    losses = []
+    for s in range(3):
+        state, metrics = step(state, frozen, shard_batch(mesh, make_batch(rows=16, seed=s)))
+        losses.append(float(metrics["loss"]))
+    spec = state.params["layers"]["w_up"][...].sharding.spec
+    return {"losses": losses, "w_up_spec": [str(a) for a in spec],
+            "devices": len(state.params["layers"]["w_up"][...].sharding.device_set)}
+
+print(json.dumps({f"{d}x{f}": run(d, f) for d, f in json.loads(sys.argv[1])}))
+"""
+
+
+def _run(meshes: list[tuple[int, int]], devices: int) -> dict:
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+               JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(meshes)], cwd=ROOT,
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_eight_devices_give_the_one_device_losses():
+    """One process with 8 host devices: a 1-device mesh and a 2 (data) x 4 (fsdp) mesh."""
+    runs = _run([(1, 1), (2, 4)], devices=8)
+    single, many = runs["1x1"], runs["2x4"]
+    assert single["devices"] == 1 and many["devices"] == 8
+    assert many["w_up_spec"] == ["None", "None", "fsdp"]  # [L, D, F=64]: F is largest
+    np.testing.assert_allclose(many["losses"], single["losses"], rtol=1e-5)
+    assert single["losses"][0] != single["losses"][-1]  # the run really trains
+
+
+def test_fsdp_spec_takes_the_largest_divisible_dimension():
+    assert fsdp_spec((30, 576, 1536), 4) == P(None, None, "fsdp")
+    assert fsdp_spec((49152, 576), 8) == P("fsdp", None)
+    assert fsdp_spec((30, 9, 7), 4) == P()          # nothing divisible: replicate
+    assert fsdp_spec((2,), 8) == P()                # smaller than the axis: replicate
+    assert fsdp_spec((), 4) == P()
+    assert fsdp_spec((30, 576), 1) == P()
+
+
+def test_mesh_shapes_and_errors():
+    n = len(jax.devices())
+    assert make_mesh().shape == {"data": n, "fsdp": 1}
+    assert make_mesh(fsdp=-1, data=1).shape == {"data": 1, "fsdp": n}
+    with pytest.raises(ValueError, match="does not cover"):
+        make_mesh(data=n + 1, fsdp=1)
+
+
+def test_multi_host_detection():
+    assert not multi_host_environment({})
+    assert not multi_host_environment({"SLURM_NTASKS": "1"})
+    assert multi_host_environment({"SLURM_NTASKS": "4"})
+    assert multi_host_environment({"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234"})
+    assert multi_host_environment({"TPU_WORKER_HOSTNAMES": "a,b"})
+    assert not multi_host_environment({"TPU_WORKER_HOSTNAMES": "localhost"})
