@@ -47,7 +47,13 @@ def split_model(model: nnx.Module, mode: str) -> tuple[nnx.GraphDef, nnx.State, 
         raise ValueError("finetune mode 'lora' needs a model built with LoRA adapters "
                          "(init_decoder(..., lora=LoRAConfig(...)))")
     graphdef, trainable, frozen = nnx.split(model, trainable_filter(mode), ...)
-    return graphdef, trainable, frozen
+    # Device arrays once, here: host (numpy) leaves would be copied, and re-laid-out if
+    # strided, on every call of a jitted step.
+    return graphdef, _on_device(trainable), _on_device(frozen)
+
+
+def _on_device(state: nnx.State) -> nnx.State:
+    return jax.tree.map(lambda x: x if isinstance(x, jax.Array) else jnp.asarray(x), state)
 
 
 def init_train_state(params: nnx.State, optimizer: optax.GradientTransformation,

@@ -3,7 +3,8 @@
 A method plugs in as a *microbatch gradient function*
     grad_fn(params, frozen, microbatch, key) -> (grads_sum, stats)
 returning the gradient of a loss **sum** and `stats` holding at least `loss_sum` and
-`tokens` (sums too). The step scans it over microbatches, adds everything up, divides
+`tokens` (sums too; any further stats are token-weighted sums as well and are reported
+divided by the token count). The step scans it over microbatches, adds everything up, divides
 once by the batch's total token count (so accumulation A x B/A equals batch B exactly),
 clips by global norm and applies the optax update. `sft_grad_fn` is the SFT instance;
 Vaccine supplies a two-pass one, and a method that carries state between steps builds

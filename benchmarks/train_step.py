@@ -1,0 +1,242 @@
+"""Training-step speed of `sft_step` against transformers + torch AdamW, same process.
+
+    python -m benchmarks.train_step [--quick]
+
+Full fine-tuning of the embedded SmolLM2-135M-Instruct on one batch (8 x 128 tokens),
+AdamW with global-norm clipping at 1.0 on both sides. The JAX and torch steps are timed
+in alternating rounds so that load from other processes on a shared CPU hits both
+alike; each side reports its median step time. Also: the LoRA (r=8, all targets) step,
+peak memory, and the achieved model FLOP/s of the full step as a fraction of this CPU's
+measured float32 matmul FLOP/s (the best rate of XLA or torch on a square matmul,
+re-measured in every round so a busy moment cannot lower it).
+
+Model FLOPs follow the usual accounting (MaxText's performance_metrics): 6 x matmul
+parameters x tokens for the projections and the (tied) output head, plus
+3 x 4 x B x T^2 x heads x head_dim per layer for attention scores and values; the
+embedding lookup, norms and softmax are not counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from research.models import LoRAConfig, load_pretrained
+from research.models.config import ModelConfig
+from research.models.loading import embedded_folder
+from research.training.state import init_train_state, split_model
+from research.training.steps import make_sft_step
+
+ALIAS = "smollm2-135m-instruct"
+LR, WEIGHT_DECAY, CLIP = 1e-5, 0.01, 1.0
+
+
+def make_batch(vocab: int, rows: int, length: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random tokens, no padding, the last 3/4 of each row as the response."""
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(3, vocab, size=(rows, length)).astype(np.int32)
+    loss = np.zeros((rows, length), bool)
+    loss[:, length // 4:] = True
+    return {"tokens": tokens, "attention_mask": np.ones((rows, length), bool), "loss_mask": loss}
+
+
+def model_flops_per_step(cfg: ModelConfig, rows: int, length: int) -> float:
+    """Training FLOPs (forward + backward) of one step, by the accounting above."""
+    d, f, hd = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
+    q, kv = cfg.num_heads * hd, cfg.num_kv_heads * hd
+    per_layer = d * q + 2 * d * kv + q * d + 3 * d * f
+    matmul_params = cfg.num_layers * per_layer + d * cfg.vocab_size
+    tokens = rows * length
+    attention = 3 * 4 * rows * length * length * q * cfg.num_layers
+    return 6.0 * matmul_params * tokens + attention
+
+
+MATMUL_SIZE = 2048
+
+
+def matmul_runners(size: int = MATMUL_SIZE) -> dict[str, Callable]:
+    """Square float32 matmuls in XLA and in torch, timed alongside the steps; the best
+    observed rate over all rounds is taken as this CPU's matmul peak."""
+    import torch
+
+    a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
+    mm = jax.jit(lambda x: x @ x)
+    mm(a).block_until_ready()
+    t = torch.randn(size, size)
+    torch.mm(t, t)
+
+    def xla() -> None:
+        for _ in range(3):
+            mm(a).block_until_ready()
+
+    def reference() -> None:
+        for _ in range(3):
+            torch.mm(t, t)
+
+    return {"matmul_xla": xla, "matmul_torch": reference}
+
+
+def _timed(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def jax_step_runner(mode: str, batch: dict[str, np.ndarray], remat: bool = False
+                    ) -> tuple[Callable, dict]:
+    """A zero-argument callable running one real `sft_step`, plus its memory figures."""
+    lora = LoRAConfig(rank=8) if mode == "lora" else None
+    model, _ = load_pretrained(ALIAS, lora=lora, with_tokenizer=False)
+    graphdef, params, frozen = split_model(model, mode)
+    del model
+    opt = optax.adamw(LR, weight_decay=WEIGHT_DECAY)
+    step = make_sft_step(graphdef, opt, clip_norm=CLIP, remat=remat)
+    holder = {"state": init_train_state(params, opt, seed=0)}
+    batch = {k: jnp.asarray(v) for k, v in batch.items()}
+    compiled = step.lower(holder["state"], frozen, batch).compile()
+    mem = compiled.memory_analysis()
+    memory = {}
+    if mem is not None:
+        peak = (mem.argument_size_in_bytes + mem.output_size_in_bytes
+                + mem.temp_size_in_bytes - mem.alias_size_in_bytes)
+        memory = {"xla_step_peak_bytes": int(peak), "xla_temp_bytes": int(mem.temp_size_in_bytes)}
+
+    def run() -> float:
+        holder["state"], metrics = compiled(holder["state"], frozen, batch)
+        return float(metrics["loss"])
+
+    run()  # warm-up
+    return run, memory
+
+
+def torch_step_runner(batch: dict[str, np.ndarray]) -> Callable:
+    """One transformers full fine-tuning step with torch AdamW (the reference)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(embedded_folder(ALIAS), dtype=torch.float32)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
+    tokens = torch.from_numpy(batch["tokens"]).long()
+    attention = torch.from_numpy(batch["attention_mask"]).long()
+    labels = tokens.masked_fill(~torch.from_numpy(batch["loss_mask"]), -100)
+
+    def run() -> float:
+        loss = model(input_ids=tokens, attention_mask=attention, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return float(loss.detach())
+
+    run()  # warm-up
+    return run
+
+
+def step_times(runners: dict[str, Callable], rounds: int) -> dict[str, list[float]]:
+    """Seconds per call of each runner, timed in alternating rounds."""
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(rounds):
+        for name, run in runners.items():
+            times[name].append(_timed(run))
+    return times
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer timed rounds")
+    parser.add_argument("--rows", type=int, default=8)
+    parser.add_argument("--length", type=int, default=128)
+    args = parser.parse_args(argv)
+    rounds = 3 if args.quick else 7
+
+    model, _ = load_pretrained(ALIAS, with_tokenizer=False)
+    cfg = model.config
+    del model
+    batch = make_batch(cfg.vocab_size, args.rows, args.length)
+    tokens = args.rows * args.length
+
+    jax_full, jax_memory = jax_step_runner("full", batch)
+    jax_remat, remat_memory = jax_step_runner("full", batch, remat=True)
+    torch_full = torch_step_runner(batch)
+    jax_lora, lora_memory = jax_step_runner("lora", batch)
+    raw = step_times({"jax_full": jax_full, "jax_full_remat": jax_remat,
+                      "torch_full": torch_full, "jax_lora": jax_lora,
+                      **matmul_runners()}, rounds)
+    times = {name: statistics.median(ts) for name, ts in raw.items()}
+    peak = {name: 3 * 2.0 * MATMUL_SIZE ** 3 / min(raw[name])
+            for name in ("matmul_xla", "matmul_torch")}
+    best_jax = min(("jax_full", "jax_full_remat"), key=times.get)
+
+    flops = model_flops_per_step(cfg, args.rows, args.length)
+    cpu_peak = max(peak.values())
+    result = {
+        "sft_tokens_per_s_ratio": times["torch_full"] / times[best_jax],
+        "sft_config": "remat" if best_jax == "jax_full_remat" else "no remat",
+        "sft_tokens_per_s": tokens / times[best_jax],
+        "sft_no_remat_tokens_per_s_ratio": times["torch_full"] / times["jax_full"],
+        "sft_remat_tokens_per_s_ratio": times["torch_full"] / times["jax_full_remat"],
+        "torch_tokens_per_s": tokens / times["torch_full"],
+        "lora_tokens_per_s": tokens / times["jax_lora"],
+        "flops_fraction_of_matmul_peak": flops / times[best_jax] / cpu_peak,
+        "torch_flops_fraction_of_matmul_peak": flops / times["torch_full"] / cpu_peak,
+        "model_flops_per_step": flops,
+        "matmul_peak_flops_xla": peak["matmul_xla"],
+        "matmul_peak_flops_torch": peak["matmul_torch"],
+        "sft_step_peak_bytes_xla": jax_memory.get("xla_step_peak_bytes"),
+        "sft_remat_step_peak_bytes_xla": remat_memory.get("xla_step_peak_bytes"),
+        "lora_step_peak_bytes_xla": lora_memory.get("xla_step_peak_bytes"),
+        "process_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "batch": [args.rows, args.length],
+        "rounds": rounds,
+    }
+    print_table(result, times)
+    print(json.dumps(result))
+    return result
+
+
+def print_table(r: dict[str, Any], times: dict[str, float]) -> None:
+    gib = 2.0 ** 30
+
+    def tokens(seconds: float) -> float:
+        return r["batch"][0] * r["batch"][1] / seconds
+
+    rows = [
+        ("JAX sft_step, full FT (AdamW)", f"{times['jax_full']:.2f} s",
+         f"{tokens(times['jax_full']):.0f}"),
+        ("JAX sft_step, full FT, remat", f"{times['jax_full_remat']:.2f} s",
+         f"{tokens(times['jax_full_remat']):.0f}"),
+        ("torch + transformers, full FT (AdamW)", f"{times['torch_full']:.2f} s",
+         f"{r['torch_tokens_per_s']:.0f}"),
+        ("JAX sft_step, LoRA r=8", f"{times['jax_lora']:.2f} s", f"{r['lora_tokens_per_s']:.0f}"),
+    ]
+    print(f"\nTraining step, SmolLM2-135M, batch {r['batch'][0]} x {r['batch'][1]}, "
+          f"median of {r['rounds']} alternating rounds")
+    print(f"{'step':<40}{'time/step':>12}{'tokens/s':>12}")
+    for name, t, tps in rows:
+        print(f"{name:<40}{t:>12}{tps:>12}")
+    print(f"\nsft tokens/s ratio (JAX, {r['sft_config']} / torch): "
+          f"{r['sft_tokens_per_s_ratio']:.2f}  (target >= 1.2; no remat "
+          f"{r['sft_no_remat_tokens_per_s_ratio']:.2f}, remat {r['sft_remat_tokens_per_s_ratio']:.2f})")
+    print(f"matmul peak: XLA {r['matmul_peak_flops_xla'] / 1e9:.1f} GFLOP/s, "
+          f"torch {r['matmul_peak_flops_torch'] / 1e9:.1f} GFLOP/s")
+    print(f"model FLOP/s fraction of matmul peak: JAX {r['flops_fraction_of_matmul_peak']:.2f}, "
+          f"torch {r['torch_flops_fraction_of_matmul_peak']:.2f}")
+    if r["sft_step_peak_bytes_xla"]:
+        print(f"XLA step peak (args + temps + outputs - donated): full "
+              f"{r['sft_step_peak_bytes_xla'] / gib:.2f} GiB, LoRA "
+              f"{r['lora_step_peak_bytes_xla'] / gib:.2f} GiB")
+    print(f"process peak RSS (both frameworks loaded): {r['process_peak_rss_bytes'] / gib:.2f} GiB")
+
+
+if __name__ == "__main__":
+    main()
