@@ -12,6 +12,8 @@ import json
 import re
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -154,8 +156,9 @@ def hf_state_from_model(model: Decoder) -> dict[str, np.ndarray]:
     return state
 
 
-def _f32(x: np.ndarray) -> np.ndarray:
-    return np.asarray(x, dtype=np.float32)
+def _f32(x: np.ndarray) -> jax.Array:
+    """A float32 device array (parameters must be JAX arrays, not numpy, to be traced)."""
+    return jnp.asarray(x, dtype=jnp.float32)
 
 
 # --------------------------------------------------------------------------- HF folders
