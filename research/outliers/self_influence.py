@@ -1,0 +1,159 @@
+"""Per-example self-influence: Self-Inf(z) = ||grad_theta loss(z)||^2 and Self-Inf-N.
+
+loss(z) is the example's *mean* response-token cross-entropy (prompt tokens masked, as in
+training), so a benign example whose few answer tokens the aligned model finds surprising
+gets a large gradient. Self-Inf is biased towards very short answers (a mean over few
+tokens is noisy and large); Self-Inf-N adds log(answer tokens + 1) to the log score to
+correct for it:
+
+    Self-Inf-N(z) = log(Self-Inf(z) + 1) + log(answer tokens + 1)
+
+"Answer tokens" are the example's response targets in the loss mask (answer text plus the
+template's end-of-turn marker), the same tokens the mean loss runs over.
+
+theta is the trainable subset chosen by `split_model(model, mode)`: "lora" (default;
+adapters only) or "full" (all base weights). With freshly attached adapters (B = 0) the
+gradient reaches B only, and grad_B = scale * A^T grad_W per layer: a fixed random
+projection (A is random) of the full weight gradient, i.e. a cheap sketch of the
+full-parameter score rather than a different quantity.
+
+Per-example gradients come from `vmap(grad)` over a chunk of examples, jitted; the chunk
+size bounds memory (per-example gradients of a chunk and its activations live at once).
+Examples are padded to a few bucket lengths, right-padded, so padding never changes a
+score (causal attention: real tokens never see the padding) and compilations stay few.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Sequence
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from research.data.batches import DEFAULT_BUCKETS, bucket_for, collate
+from research.data.chat import ChatExample
+from research.training.losses import Batch, check_batch, per_example_mean_nll
+
+# (trainable, frozen, batch [C, T]) -> (self_inf [C], answer_tokens [C], loss [C])
+Scorer = Callable[[nnx.State, nnx.State, Batch], tuple[jax.Array, jax.Array, jax.Array]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Scores:
+    """Scores of a pool, aligned with its examples (float64/int64 numpy arrays)."""
+
+    self_inf: np.ndarray       # [N] squared gradient norm
+    answer_tokens: np.ndarray  # [N] response targets counted by the loss
+    loss: np.ndarray           # [N] mean response loss
+
+    @property
+    def self_inf_n(self) -> np.ndarray:
+        return np.asarray(normalized_self_influence(self.self_inf, self.answer_tokens),
+                          np.float64)
+
+
+@jax.jit
+def normalized_self_influence(self_inf: jax.Array | np.ndarray,
+                              answer_tokens: jax.Array | np.ndarray) -> jax.Array:
+    """Self-Inf-N = log(Self-Inf + 1) + log(answer tokens + 1), elementwise (float32)."""
+    self_inf = jnp.asarray(self_inf, jnp.float32)
+    answer_tokens = jnp.asarray(answer_tokens, jnp.float32)
+    chex.assert_equal_shape([self_inf, answer_tokens])
+    return jnp.log1p(self_inf) + jnp.log1p(answer_tokens)
+
+
+def squared_norm(tree: nnx.State) -> jax.Array:
+    """Sum of squares over every leaf, in float32."""
+    leaves = jax.tree.leaves(tree)
+    return sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves)
+
+
+def example_loss(trainable: nnx.State, frozen: nnx.State, graphdef: nnx.GraphDef,
+                 example: Batch, lora_enabled: bool = True) -> tuple[jax.Array, tuple]:
+    """Mean response loss of one example (arrays `[T]`); aux = (loss, answer tokens)."""
+    batch = {key: value[None] for key, value in example.items()}
+    model = nnx.merge(graphdef, trainable, frozen)
+    out = model(batch["tokens"], attention_mask=batch["attention_mask"],
+                lora_enabled=lora_enabled)
+    loss, count = per_example_mean_nll(out.logits, batch)
+    return loss[0], (loss[0], count[0])
+
+
+def example_self_influence(trainable: nnx.State, frozen: nnx.State, graphdef: nnx.GraphDef,
+                           example: Batch, lora_enabled: bool = True
+                           ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(Self-Inf, answer tokens, loss) of one example; the gradient is reduced at once."""
+    grads, (loss, count) = jax.grad(example_loss, has_aux=True)(
+        trainable, frozen, graphdef, example, lora_enabled)
+    return squared_norm(grads), count, loss
+
+
+def make_scorer(graphdef: nnx.GraphDef, *, lora_enabled: bool = True) -> Scorer:
+    """Jitted per-example scores of a chunk `[C, T]`: vmap of the single-example gradient."""
+    def score(trainable: nnx.State, frozen: nnx.State, batch: Batch):
+        check_batch(batch)
+        one = lambda ex: example_self_influence(trainable, frozen, graphdef, ex, lora_enabled)
+        return jax.vmap(one)(batch)
+    return jax.jit(score)
+
+
+def make_single_scorer(graphdef: nnx.GraphDef, *, lora_enabled: bool = True) -> Scorer:
+    """Jitted scores of one example at a time (`[1, T]`): the per-example-loop baseline."""
+    def score(trainable: nnx.State, frozen: nnx.State, batch: Batch):
+        check_batch(batch)
+        chex.assert_axis_dimension(batch["tokens"], 0, 1)
+        example = {key: value[0] for key, value in batch.items()}
+        out = example_self_influence(trainable, frozen, graphdef, example, lora_enabled)
+        return tuple(x[None] for x in out)
+    return jax.jit(score)
+
+
+def plan_chunks(lengths: Sequence[int], chunk_size: int,
+                buckets: Sequence[int] = DEFAULT_BUCKETS) -> list[tuple[int, np.ndarray]]:
+    """(padded length, indices) chunks: examples grouped by bucket, in index order.
+
+    Deterministic, so a pool is always scored the same way.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    by_bucket: dict[int, list[int]] = {}
+    for i, n in enumerate(lengths):
+        by_bucket.setdefault(bucket_for(int(n), buckets), []).append(i)
+    return [(length, np.asarray(members[s:s + chunk_size]))
+            for length, members in sorted(by_bucket.items())
+            for s in range(0, len(members), chunk_size)]
+
+
+def score_examples(scorer: Scorer, trainable: nnx.State, frozen: nnx.State,
+                   examples: Sequence[ChatExample], *, chunk_size: int, pad_id: int,
+                   buckets: Sequence[int] = DEFAULT_BUCKETS) -> Scores:
+    """Score a pool chunk by chunk; a short last chunk is padded with empty rows."""
+    if not examples:
+        raise ValueError("score_examples needs at least one example")
+    no_answer = [ex.uid for ex in examples if not np.any(ex.loss_mask[1:])]
+    if no_answer:
+        raise ValueError(f"{len(no_answer)} examples have no answer token to score, "
+                         f"e.g. {no_answer[:3]}")
+    n = len(examples)
+    self_inf, tokens, loss = np.zeros(n), np.zeros(n, np.int64), np.zeros(n)
+    for length, idx in plan_chunks([len(e) for e in examples], chunk_size, buckets):
+        batch = collate(examples, idx, length, chunk_size, pad_id)
+        s, c, l = jax.device_get(scorer(trainable, frozen, batch))
+        k = len(idx)
+        self_inf[idx], tokens[idx], loss[idx] = s[:k], c[:k], l[:k]
+    if not np.all(np.isfinite(self_inf)):
+        bad = [examples[i].uid for i in np.flatnonzero(~np.isfinite(self_inf))[:3]]
+        raise FloatingPointError(f"non-finite Self-Inf for examples {bad}")
+    return Scores(self_inf, tokens, loss)
+
+
+def chunk_size_for_budget(trainable: nnx.State, budget_bytes: int,
+                          activation_bytes_per_example: int = 0) -> int:
+    """Largest chunk whose per-example gradients (and activations) fit `budget_bytes`."""
+    grad_bytes = sum(x.size * 4 for x in jax.tree.leaves(trainable))
+    per_example = grad_bytes + max(activation_bytes_per_example, 0)
+    return max(1, int(budget_bytes // per_example))
