@@ -243,3 +243,15 @@ def test_top_p_keeps_only_the_nucleus():
     draws = jax.vmap(lambda k: sample_token(logits, k, jnp.float32(1.0), jnp.float32(0.8),
                                             False))(jax.random.split(jax.random.key(0), 300))
     assert set(np.asarray(draws).ravel().tolist()) == {0, 1}
+
+
+def test_new_prompt_lengths_in_one_bucket_reuse_the_compiled_program():
+    from research.models.generate import _generate_jit
+
+    model = init_decoder(TINY, seed=13)
+    generate_ids(model, [[5, 6, 7], [8]], max_new_tokens=4, eos_ids=[], batch_size=2)
+    compiled = _generate_jit._cache_size()
+    generate_ids(model, [[5, 6, 7, 8, 9], [4] * 11], max_new_tokens=4, eos_ids=[], batch_size=2)
+    assert _generate_jit._cache_size() == compiled
+    generate_ids(model, [[5] * 40, [6] * 33, [7]], max_new_tokens=4, eos_ids=[], batch_size=2)
+    assert _generate_jit._cache_size() == compiled + 1  # only the 64-token bucket is new

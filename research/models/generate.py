@@ -103,7 +103,8 @@ def generate_ids(model: Decoder, prompt_ids: Sequence[Sequence[int]], *,
     graphdef, state = nnx.split(model)
     order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
     results: list[list[int]] = [[] for _ in prompt_ids]
-    batch_size = max(1, min(batch_size, len(prompt_ids)))
+    # rows per batch: a power of two up to batch_size, so batch shapes are bucketed too
+    batch_size = min(batch_size, 1 << max(0, len(prompt_ids) - 1).bit_length())
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
         P = bucket_length(max(len(prompt_ids[i]) for i in rows))
