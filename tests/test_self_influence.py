@@ -200,3 +200,20 @@ def test_saved_selection_holds_scores_and_lengths(tmp_path):
     assert summary["answer_tokens"]["median"] == 3.5 and summary["dropped_trivial"] == 1
     with pytest.raises(FileExistsError):
         sel.save_selection(path, chosen, rows, scores)
+
+
+def test_outlier_sets_normalization_moves_away_from_short_answers():
+    """Raw Self-Inf picks the short, high-gradient answers; Self-Inf-N trades them for long
+    ones with a smaller raw score, and drops the trivial ones."""
+    answers = ["yes", "no", "ok", "Paris.", "A long worked answer " * 5, "Another long one " * 6]
+    scores = Scores(np.array([90.0, 80.0, 70.0, 60.0, 20.0, 15.0]),
+                    np.array([2, 2, 2, 3, 40, 50]), np.zeros(6))
+    sets = sel.outlier_sets(scores, answers, k=2, pool_size=6, seed=0)
+    assert sets["self_inf_raw"].indices.tolist() == [0, 1]
+    assert sets["self_inf_n"].indices.tolist() == [4, 5]
+    assert sets["self_inf_n"].dropped_trivial == 3  # counted over the whole top pool
+    wide = sel.outlier_sets(scores, answers, k=4, pool_size=6)["self_inf_n"]
+    assert wide.indices.tolist() == [4, 5, 3] and wide.short_by == 1
+    assert len(sets["random"].indices) == 2
+    filtered = sel.outlier_sets(scores, answers, k=2, pool_size=6, filter_raw=True)
+    assert filtered["self_inf_raw"].indices.tolist() == [3, 4]

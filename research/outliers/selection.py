@@ -100,6 +100,27 @@ def select_random(name: str, n: int, *, k: int = DEFAULT_K, seed: int = 0) -> Se
     return Selection(name, chosen, n, 0, 0)
 
 
+def outlier_sets(scores: Scores, answers: Sequence[str | None], *, k: int = DEFAULT_K,
+                 pool_size: int = DEFAULT_POOL_SIZE, seed: int = 0,
+                 filter_raw: bool = False) -> dict[str, Selection]:
+    """The study's three benign sets from one scored pool.
+
+    self_inf_n: the method (top `pool_size` by Self-Inf-N, trivial answers dropped, k kept);
+    self_inf_raw: top k by raw Self-Inf, unfiltered unless `filter_raw` (the baseline whose
+    bias towards short answers Self-Inf-N corrects); random: k uniform draws.
+    """
+    n = len(scores.self_inf)
+    pool_size = min(pool_size, n)
+    return {
+        "self_inf_n": select_top("self_inf_n", scores.self_inf_n, answers, k=k,
+                                 pool_size=pool_size),
+        "self_inf_raw": select_top("self_inf_raw", scores.self_inf, answers, k=k,
+                                   pool_size=pool_size if filter_raw else None,
+                                   drop_trivial=filter_raw),
+        "random": select_random("random", n, k=k, seed=seed),
+    }
+
+
 def length_summary(lengths: np.ndarray) -> dict:
     """min / quartiles / mean / max of answer lengths, and the share under 5 tokens."""
     x = np.asarray(lengths, np.float64)
