@@ -16,6 +16,7 @@ from research.data.rows import Row
 from research.outliers import selection as sel
 from research.outliers.self_influence import (Scores, make_scorer, make_single_scorer,
                                               normalized_self_influence, plan_chunks,
+                                              response_window,
                                               score_examples)
 from research.training.losses import per_example_mean_nll
 from research.training.state import split_model
@@ -25,13 +26,13 @@ BUCKETS = (16, 32)
 LENGTH = 12  # one length (one reference compile), padded to 16 by the scorer
 
 
-def _examples(n: int = 7, seed: int = 0) -> list[ChatExample]:
+def _examples(n: int = 7, seed: int = 0, max_answer: int = LENGTH - 1) -> list[ChatExample]:
     """Unpadded examples with 1..11 answer tokens (compiles are what makes tests slow)."""
     rng = np.random.default_rng(seed)
     out = []
     for i in range(n):
         length = LENGTH
-        answer = int(rng.integers(1, length))
+        answer = int(rng.integers(1, max_answer + 1))
         mask = np.zeros(length, bool)
         mask[length - answer:] = True
         out.append(ChatExample(rng.integers(3, TINY.vocab_size, length).astype(np.int32),
@@ -88,15 +89,18 @@ def test_vmapped_scores_match_single_example_grads(lora_case):
 
 
 def test_full_mode_scores_match_single_example_grads_and_differ_from_lora(lora_case):
-    """The config's parameter subset ("full" here) is the one differentiated."""
+    """The config's parameter subset ("full" here) is the one differentiated; answers of at
+    most 7 tokens also exercise a response window (8) shorter than the sequence."""
     model = _model_with_live_adapters()
     graphdef, trainable, frozen = split_model(model, "full")
-    examples = lora_case[4][:4]
+    examples = _examples(4, seed=1, max_answer=7)
     scores = score_examples(make_scorer(graphdef), trainable, frozen, examples,
                             chunk_size=4, pad_id=0, buckets=BUCKETS)
     expected = _reference_scores(graphdef, trainable, frozen, examples)
     np.testing.assert_allclose(scores.self_inf, expected, rtol=2e-4)
-    assert not np.allclose(scores.self_inf, lora_case[5][:4], rtol=1e-2)
+    lora_graphdef, lora_params, lora_frozen = split_model(model, "lora")
+    lora_scores = _reference_scores(lora_graphdef, lora_params, lora_frozen, examples)
+    assert not np.allclose(scores.self_inf, lora_scores, rtol=1e-2)
 
 
 def test_chunking_and_single_loop_agree(lora_case):
@@ -122,6 +126,12 @@ def test_plan_chunks_covers_every_example_once():
     assert all(len(idx) <= 2 and all(lengths[i] <= pad for i in idx) for pad, idx in plan)
     with pytest.raises(ValueError, match="exceeds the largest bucket"):
         plan_chunks([33], 2, BUCKETS)
+
+
+@pytest.mark.parametrize("counts,length,window", [
+    ([1, 3], 16, 8), ([8], 64, 8), ([9, 2], 64, 16), ([40], 64, 63), ([11], 16, 15)])
+def test_response_window_covers_every_answer(counts, length, window):
+    assert response_window(counts, length) == window
 
 
 def test_example_without_answer_tokens_is_rejected():

@@ -21,6 +21,9 @@ Per-example gradients come from `vmap(grad)` over a chunk of examples, jitted; t
 size bounds memory (per-example gradients of a chunk and its activations live at once).
 Examples are padded to a few bucket lengths, right-padded, so padding never changes a
 score (causal attention: real tokens never see the padding) and compilations stay few.
+Only the positions that predict answer tokens are unembedded (a fixed-size window per
+length bucket), which matches the full-logit loss exactly and saves the vocabulary-sized
+work on the prompt.
 """
 
 from __future__ import annotations
@@ -36,10 +39,10 @@ from flax import nnx
 
 from research.data.batches import DEFAULT_BUCKETS, bucket_for, collate
 from research.data.chat import ChatExample
-from research.training.losses import Batch, check_batch, per_example_mean_nll
+from research.training.losses import Batch, check_batch, response_weights
 
-# (trainable, frozen, batch [C, T]) -> (self_inf [C], answer_tokens [C], loss [C])
-Scorer = Callable[[nnx.State, nnx.State, Batch], tuple[jax.Array, jax.Array, jax.Array]]
+# (trainable, frozen, batch [C, T], window=W) -> (self_inf [C], answer_tokens [C], loss [C])
+Scorer = Callable[..., tuple[jax.Array, jax.Array, jax.Array]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,44 +75,79 @@ def squared_norm(tree: nnx.State) -> jax.Array:
     return sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves)
 
 
+def window_nll(model: nnx.Module, hidden: jax.Array, example: Batch,
+               window: int) -> tuple[jax.Array, jax.Array]:
+    """Mean response loss from final hidden states `[T, D]`, unembedding only the first
+    `window` predicted positions that carry a response target.
+
+    The vocabulary-sized logits are the largest tensors of the step; the prompt (often a
+    system prompt much longer than a short answer) needs none of them. The caller makes
+    `window` at least the number of response targets, so nothing is cut.
+    """
+    weights = response_weights({k: v[None] for k, v in example.items()})[0]  # [T-1]
+    count = jnp.sum(weights)
+    idx = jnp.nonzero(weights, size=window, fill_value=0)[0]                 # [W]
+    valid = (jnp.arange(window) < count).astype(jnp.float32)
+    logits = model.unembed(hidden[idx])                                      # [W, V]
+    targets = example["tokens"][idx + 1]
+    log_z = jax.nn.logsumexp(logits, axis=-1)
+    nll = log_z - jnp.take_along_axis(logits, targets[:, None], axis=-1)[:, 0]
+    return jnp.sum(nll * valid) / jnp.maximum(count, 1.0), count
+
+
 def example_loss(trainable: nnx.State, frozen: nnx.State, graphdef: nnx.GraphDef,
-                 example: Batch, lora_enabled: bool = True) -> tuple[jax.Array, tuple]:
+                 example: Batch, window: int, lora_enabled: bool = True
+                 ) -> tuple[jax.Array, tuple]:
     """Mean response loss of one example (arrays `[T]`); aux = (loss, answer tokens)."""
-    batch = {key: value[None] for key, value in example.items()}
     model = nnx.merge(graphdef, trainable, frozen)
-    out = model(batch["tokens"], attention_mask=batch["attention_mask"],
-                lora_enabled=lora_enabled)
-    loss, count = per_example_mean_nll(out.logits, batch)
-    return loss[0], (loss[0], count[0])
+    out = model(example["tokens"][None], attention_mask=example["attention_mask"][None],
+                lora_enabled=lora_enabled, logits="none")
+    loss, count = window_nll(model, out.hidden[0], example, window)
+    return loss, (loss, count)
 
 
 def example_self_influence(trainable: nnx.State, frozen: nnx.State, graphdef: nnx.GraphDef,
-                           example: Batch, lora_enabled: bool = True
+                           example: Batch, window: int, lora_enabled: bool = True
                            ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(Self-Inf, answer tokens, loss) of one example; the gradient is reduced at once."""
     grads, (loss, count) = jax.grad(example_loss, has_aux=True)(
-        trainable, frozen, graphdef, example, lora_enabled)
+        trainable, frozen, graphdef, example, window, lora_enabled)
     return squared_norm(grads), count, loss
 
 
 def make_scorer(graphdef: nnx.GraphDef, *, lora_enabled: bool = True) -> Scorer:
     """Jitted per-example scores of a chunk `[C, T]`: vmap of the single-example gradient."""
-    def score(trainable: nnx.State, frozen: nnx.State, batch: Batch):
+    def score(trainable: nnx.State, frozen: nnx.State, batch: Batch, window: int):
         check_batch(batch)
-        one = lambda ex: example_self_influence(trainable, frozen, graphdef, ex, lora_enabled)
+        one = lambda ex: example_self_influence(trainable, frozen, graphdef, ex, window,
+                                                lora_enabled)
         return jax.vmap(one)(batch)
-    return jax.jit(score)
+    return jax.jit(score, static_argnames="window")
 
 
 def make_single_scorer(graphdef: nnx.GraphDef, *, lora_enabled: bool = True) -> Scorer:
     """Jitted scores of one example at a time (`[1, T]`): the per-example-loop baseline."""
-    def score(trainable: nnx.State, frozen: nnx.State, batch: Batch):
+    def score(trainable: nnx.State, frozen: nnx.State, batch: Batch, window: int):
         check_batch(batch)
         chex.assert_axis_dimension(batch["tokens"], 0, 1)
         example = {key: value[0] for key, value in batch.items()}
-        out = example_self_influence(trainable, frozen, graphdef, example, lora_enabled)
+        out = example_self_influence(trainable, frozen, graphdef, example, window,
+                                     lora_enabled)
         return tuple(x[None] for x in out)
-    return jax.jit(score)
+    return jax.jit(score, static_argnames="window")
+
+
+def response_window(answer_counts: Sequence[int], padded_length: int) -> int:
+    """Smallest power of two (>= 8) covering every count, at most `padded_length - 1`.
+
+    Chosen per length bucket from the whole pool, so chunking never changes it and each
+    bucket compiles once.
+    """
+    need = max(int(c) for c in answer_counts)
+    window = 8
+    while window < need:
+        window *= 2
+    return max(1, min(window, padded_length - 1))
 
 
 def plan_chunks(lengths: Sequence[int], chunk_size: int,
@@ -139,10 +177,15 @@ def score_examples(scorer: Scorer, trainable: nnx.State, frozen: nnx.State,
         raise ValueError(f"{len(no_answer)} examples have no answer token to score, "
                          f"e.g. {no_answer[:3]}")
     n = len(examples)
+    answers = np.asarray([int(np.sum(ex.loss_mask[1:])) for ex in examples])
+    plan = plan_chunks([len(e) for e in examples], chunk_size, buckets)
+    windows = {length: response_window(
+        [answers[i] for p, idx in plan if p == length for i in idx], length)
+        for length, _ in plan}
     self_inf, tokens, loss = np.zeros(n), np.zeros(n, np.int64), np.zeros(n)
-    for length, idx in plan_chunks([len(e) for e in examples], chunk_size, buckets):
+    for length, idx in plan:
         batch = collate(examples, idx, length, chunk_size, pad_id)
-        s, c, l = jax.device_get(scorer(trainable, frozen, batch))
+        s, c, l = jax.device_get(scorer(trainable, frozen, batch, window=windows[length]))
         k = len(idx)
         self_inf[idx], tokens[idx], loss[idx] = s[:k], c[:k], l[:k]
     if not np.all(np.isfinite(self_inf)):
