@@ -254,4 +254,4 @@ def test_new_prompt_lengths_in_one_bucket_reuse_the_compiled_program():
     generate_ids(model, [[5, 6, 7, 8, 9], [4] * 11], max_new_tokens=4, eos_ids=[], batch_size=2)
     assert _generate_jit._cache_size() == compiled
     generate_ids(model, [[5] * 40, [6] * 33, [7]], max_new_tokens=4, eos_ids=[], batch_size=2)
-    assert _generate_jit._cache_size() == compiled + 1  # only the 64-token bucket is new
+    assert _generate_jit._cache_size() == compiled + 1  # only the 48-token bucket is new

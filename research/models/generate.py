@@ -20,7 +20,8 @@ from flax import nnx
 from research.models.chat import answer_prefix, render_prompt
 from research.models.transformer import Decoder, KVCache
 
-PROMPT_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+PROMPT_BUCKETS = (16, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096,
+                  6144, 8192)
 
 
 def bucket_length(n: int, buckets: Sequence[int] = PROMPT_BUCKETS) -> int:

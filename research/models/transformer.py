@@ -158,10 +158,11 @@ class Decoder(nnx.Module):
 
     def unembed(self, x: jax.Array) -> jax.Array:
         """Normed hidden `[..., D]` -> float32 logits `[..., V]`."""
-        tied = self.config.tie_word_embeddings
-        head = self.embed.get_value().T if tied else self.lm_head.get_value()
-        logits = jnp.einsum("...d,dv->...v", x.astype(self.compute_dtype),
-                            head.astype(self.compute_dtype))
+        x = x.astype(self.compute_dtype)
+        if self.config.tie_word_embeddings:  # contract with [V, D] directly: no transpose copy
+            logits = jnp.einsum("...d,vd->...v", x, self.embed.get_value().astype(x.dtype))
+        else:
+            logits = jnp.einsum("...d,dv->...v", x, self.lm_head.get_value().astype(x.dtype))
         return _at_least_f32(logits)
 
     # ---- forward -----------------------------------------------------------------
