@@ -1,0 +1,55 @@
+"""Shared defaults of the harmful fine-tuning study (the Vaccine paper's protocol,
+scaled to the embedded model on a CPU). Experiment configs start from `get_config()`."""
+
+from __future__ import annotations
+
+import ml_collections
+
+from research.models.lora import LORA_TARGETS
+
+
+def optimizer(lr: float, *, schedule: str = "cosine", weight_decay: float = 0.1,
+              ema_beta: float = 0.0) -> ml_collections.ConfigDict:
+    """An `optimizer` block (see research.training.optim); total_steps is set per stage."""
+    return ml_collections.ConfigDict(dict(
+        name="adamw", lr=lr, schedule=schedule, warmup_steps=-1, warmup_ratio=0.1,
+        total_steps=1, weight_decay=weight_decay, b1=0.9, b2=0.999, eps=1e-8, momentum=0.0,
+        nesterov=False, ema_beta=ema_beta, ema_mode="track"))
+
+
+def train_block(*, method: str, lr: float, epochs: float, batch_size: int = 8,
+                max_length: int = 96) -> ml_collections.ConfigDict:
+    """A training stage: method, data pass, sequence length, optimiser, checkpoints."""
+    return ml_collections.ConfigDict(dict(
+        method=method, method_config=ml_collections.ConfigDict({"remat": False}),
+        epochs=epochs, steps=0, batch_size=batch_size, accum_steps=1, clip_norm=1.0,
+        max_length=max_length, buckets=(48, 64, 80, 96, 128), seed=0, save_every=50,
+        optimizer=optimizer(lr)))
+
+
+def get_config() -> ml_collections.ConfigDict:
+    cfg = ml_collections.ConfigDict()
+    cfg.run = ml_collections.ConfigDict(dict(
+        experiment="harmful_finetuning", name="", root="runs", cache_dir="runs/cache",
+        title="Harmful fine-tuning study"))
+    cfg.model = ml_collections.ConfigDict(dict(
+        source="smollm2-135m-instruct", dtype="float32", finetune_mode="lora",
+        lora_rank=8, lora_alpha=16.0, lora_targets=LORA_TARGETS))
+    cfg.data = ml_collections.ConfigDict(dict(
+        harmful_sources="advbench,donotanswer",
+        benign_sources="everyday,freshqa,writingbench", writingbench_max_chars=300,
+        task="sentiment", n_align_harmful=300, n_user_harmful=120,
+        n_align_benign_prompts=360, min_benign_ratio=1.0, harmful_temperature=0.7, seed=0,
+        generation=ml_collections.ConfigDict(dict(max_new_tokens=64, batch_size=16, seed=0,
+                                                      temperature=0.0))))
+    cfg.align = train_block(method="sft", lr=1e-3, epochs=2)
+    cfg.finetune = train_block(method="sft", lr=1e-4, epochs=2)
+    cfg.finetune.n = 200
+    cfg.finetune.p_values = (0.0, 0.05, 0.1, 0.2)
+    cfg.finetune.starts = ("base", "aligned")
+    cfg.finetune.ema_betas = (0.0, 0.99)
+    cfg.eval = ml_collections.ConfigDict(dict(
+        n_harmful=100, n_benign=100, n_task=100,
+        benign_sources="freshqa,writingbench,everyday", max_new_tokens=32,
+        task_max_new_tokens=6, batch_size=16, seed=0))
+    return cfg

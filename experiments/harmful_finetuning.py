@@ -1,0 +1,190 @@
+"""The main study: align (stage 1), user fine-tune on a harmful mix (stage 2), evaluate
+(stage 3), writing runs/<experiment>/<run_name>/ (DESIGN convention 7).
+
+    python -m experiments.harmful_finetuning --config configs/demo.py \
+        [--config.finetune.optimizer.lr=1e-4] [--resume]
+
+Stages are cached under `run.cache_dir` by a hash of their inputs, so a second run
+with the same stage-1 config reuses its checkpoint; `--resume` continues an interrupted
+stage (and an existing run folder) instead of refusing.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import ml_collections
+from absl import app, flags
+from ml_collections import config_flags
+
+from research.evaluation.refusal import refusal_list
+from research.models.loading import load_pretrained
+from research.pipeline import data as study_data
+from research.pipeline import report
+from research.pipeline.runs import RunFolder, default_run_name
+from research.pipeline.stages import base_model_key, evaluate_stage, link, train_stage
+
+log = logging.getLogger("experiments.harmful_finetuning")
+
+
+class Clock:
+    """Elapsed-time progress lines (stages in between show their own bars)."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+
+    def say(self, message: str) -> None:
+        print(f"[{time.perf_counter() - self.start:7.1f}s] {message}", flush=True)
+
+
+def finetune_block(cfg: ml_collections.ConfigDict, p: float,
+                   ema_beta: float) -> ml_collections.ConfigDict:
+    """The stage-2 config of one grid cell (grid fields removed so cache keys depend
+    only on what trains this cell)."""
+    block = ml_collections.ConfigDict(cfg.finetune.to_dict())
+    for grid_field in ("p_values", "starts", "ema_betas", "n"):
+        del block[grid_field]
+    block.n, block.p = int(cfg.finetune.n), float(p)
+    block.optimizer.ema_beta = float(ema_beta)
+    return block
+
+
+def variant_label(start: str, p: float, beta: float) -> str:
+    return f"{start}+ft(p={p:g}{f', ema={beta:g}' if beta else ''})"
+
+
+def run_study(cfg: ml_collections.ConfigDict, *, resume: bool = False, progress: bool = True,
+              generate_fn: Callable | None = None) -> Path:
+    """Run all stages and write the run folder; returns its path."""
+    clock = Clock()
+    run = RunFolder(cfg.run.root, cfg.run.experiment, cfg.run.name or default_run_name(),
+                    cfg, resume=resume)
+    cache = Path(cfg.run.cache_dir)
+    clock.say(f"run folder {run.path}; loading {cfg.model.source}")
+    base_source = str(cfg.model.source)
+    base_model, tokenizer = load_pretrained(base_source, dtype=cfg.model.dtype)
+    base_key = base_model_key(base_source, cfg.model)
+    clock.say("building data (base-model answers are generated once and cached)")
+    data = study_data.build_study_data(cfg, base_model, tokenizer, base_key,
+                                       cache_dir=str(cache / "generated"),
+                                       generate_fn=generate_fn)
+    run.write_json("data_counts.json", data["counts"])
+    run.log({"event": "data", "align_rows": len(data["align_rows"]),
+             "user_harmful_pool": len(data["user_harmful"]),
+             "task_train": len(data["task_train"]), "counts": data["counts"]})
+    sets = data["eval_sets"]
+    results: dict[str, dict] = {}
+    records: dict[str, list[dict]] = {}
+    sources: dict[str, tuple[str, str]] = {"base": (base_source, base_key)}
+
+    def evaluate(label: str, source: str, key: str, loaded: Any = None) -> None:
+        clock.say(f"evaluating {label} on {sum(len(s.rows) for s in sets)} prompts")
+        entry, recs = evaluate_stage(label=label, source=source, model_key=key, sets=sets,
+                                     eval_cfg=cfg.eval, cache_root=cache, loaded=loaded,
+                                     generate_fn=generate_fn)
+        results[label], records[label] = entry, recs
+        run.log({"event": "eval", "label": label,
+                 **{m: entry[m]["value"] for m in report.HEADLINE if m in entry}})
+        clock.say(f"{label}: " + ", ".join(f"{m} {entry[m]['value']:.1f}"
+                                           for m in report.HEADLINE if m in entry))
+
+    evaluate("base", base_source, base_key, loaded=(base_model, tokenizer))
+    del base_model
+    method = str(cfg.align.method)
+    clock.say(f"stage 1: align with {method} on {len(data['align_rows'])} rows")
+    key, entry, summary = train_stage(label=f"align_{method}", source=base_source,
+                                      source_key=base_key, rows=data["align_rows"],
+                                      stage_cfg=cfg.align, model_cfg=cfg.model,
+                                      cache_root=cache, resume=resume, progress=progress)
+    link(run.checkpoint(f"align_{method}"), entry)
+    run.log({"event": "stage", "stage": f"align_{method}", "key": key, **summary})
+    sources["aligned"] = (str(entry), key)
+    evaluate(method, str(entry), key)
+    variants: dict[str, dict] = {}
+    for start in cfg.finetune.starts:
+        source, source_key = sources[start]
+        start_label = "base" if start == "base" else method
+        for p in cfg.finetune.p_values:
+            rows = study_data.user_rows(cfg, data, p)
+            for beta in cfg.finetune.ema_betas:
+                label = variant_label(start_label, p, beta)
+                clock.say(f"stage 2: {label} on {len(rows)} rows")
+                k, e, s = train_stage(label=label, source=source, source_key=source_key,
+                                      rows=rows, stage_cfg=finetune_block(cfg, p, beta),
+                                      model_cfg=cfg.model, cache_root=cache, resume=resume,
+                                      progress=progress)
+                stage = f"ft_{start_label}_p{p:g}_ema{beta:g}"
+                link(run.checkpoint(stage), e)
+                run.log({"event": "stage", "stage": stage, "key": k, **s})
+                evaluate(label, str(e), k)
+                variants[label] = {"group": f"{start_label}, " + (f"EMA {beta:g}" if beta
+                                                                  else "no EMA"),
+                                   "p": float(p), "start": start_label, "ema": float(beta)}
+    write_outputs(cfg, run, results, records, variants, method)
+    clock.say(f"done: {run.path / 'report.md'}")
+    return run.path
+
+
+def study_effects(records: dict[str, list[dict]], variants: dict[str, dict],
+                  method: str) -> list[tuple[str, str, dict]]:
+    """Alignment vs base, each fine-tune vs its start, EMA vs no EMA at the same cell."""
+    diff = lambda a, b, m: report.paired_difference(report.outcomes(records[a], m),
+                                                    report.outcomes(records[b], m))
+    effects = [(f"{method} alignment vs base", m, diff("base", method, m))
+               for m in ("refusal_rate", "over_refusal_rate", "task_accuracy")]
+    for label, v in variants.items():
+        if v["ema"] == 0:
+            effects += [(f"{label} vs {v['start']}", m, diff(v["start"], label, m))
+                        for m in ("refusal_rate", "task_accuracy")]
+    for label, v in variants.items():
+        if v["ema"] > 0:
+            plain = variant_label(v["start"], v["p"], 0.0)
+            if plain in records:
+                effects += [(f"EMA {v['ema']:g} vs no EMA ({v['start']}, p={v['p']:g})", m,
+                             diff(plain, label, m)) for m in ("harmful_score", "task_accuracy")]
+    return effects
+
+
+def write_outputs(cfg: ml_collections.ConfigDict, run: RunFolder, results: dict,
+                  records: dict, variants: dict, method: str) -> None:
+    """results.json, records/, plots/, report.md."""
+    from research.evaluation.report import plot_metrics
+
+    run.write_json("results.json", results)
+    for label, recs in records.items():
+        safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in label)
+        run.write_json(f"records/{safe}.json", recs)
+    plot_metrics(results, run.path / "plots" / "metrics.png")
+    if variants:
+        report.plot_by_variant(results, variants, run.path / "plots" / "by_method_and_p.png")
+    notes = [f"Refusal detection: keyword list version {results['base']['refusal_list_version']}"
+             f" ({len(refusal_list())} patterns), greedy decoding, first "
+             f"{cfg.eval.max_new_tokens} new tokens (task answers: "
+             f"{cfg.eval.task_max_new_tokens}).",
+             "Harmful prompts: test split of " + cfg.data.harmful_sources
+             + "; benign (over-refusal) prompts: test split of " + cfg.eval.benign_sources
+             + " (per-source rates in the full table); task: test split of "
+             + cfg.data.task + ". Nothing in a test split is trained on.",
+             f"Finetuning mode: {cfg.model.finetune_mode}"
+             + (f" (rank {cfg.model.lora_rank}, alpha {cfg.model.lora_alpha})"
+                if cfg.model.finetune_mode == "lora" else "") + "."]
+    report.write_report(run.path / "report.md", title=cfg.run.title,
+                        config_text=cfg.to_json_best_effort(indent=2), results=results,
+                        effects=study_effects(records, variants, method), notes=notes)
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    run_study(flags.FLAGS.config, resume=flags.FLAGS.resume)
+
+
+if __name__ == "__main__":
+    # Flags are defined only when run as a script, so both studies can be imported.
+    config_flags.DEFINE_config_file("config", "configs/demo.py", "study config file")
+    flags.DEFINE_bool("resume", False, "continue an existing run folder / stage")
+    app.run(main)

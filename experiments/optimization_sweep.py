@@ -1,0 +1,111 @@
+"""The optimizer study: the SFT-aligned model fine-tuned on the user's harmful mix over
+a grid of learning rate x batch size x steps, with and without parameter EMA.
+
+    python -m experiments.optimization_sweep --config configs/optimization_sweep.py
+
+Writes runs/<experiment>/<run_name>/ with results.json (per cell), cells.json,
+plots/heatmap.png and report.md naming the best safe cell. Stage 1 and every cell are
+cached like the main study's stages.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Callable
+
+import ml_collections
+from absl import app, flags
+from ml_collections import config_flags
+
+from experiments.harmful_finetuning import Clock, finetune_block
+from research.evaluation.report import format_table
+from research.models.loading import load_pretrained
+from research.pipeline import data as study_data
+from research.pipeline import sweep
+from research.pipeline.runs import RunFolder, default_run_name
+from research.pipeline.stages import base_model_key, evaluate_stage, link, train_stage
+
+
+
+def cell_block(cfg: ml_collections.ConfigDict, cell: dict) -> ml_collections.ConfigDict:
+    """Stage-2 config of one cell: a fixed number of steps at the cell's lr and batch."""
+    block = finetune_block(cfg, cfg.sweep.p, cell["ema"])
+    block.steps, block.batch_size = cell["steps"], cell["batch_size"]
+    block.optimizer.lr = cell["lr"]
+    return block
+
+
+def run_sweep(cfg: ml_collections.ConfigDict, *, resume: bool = False,
+              progress: bool = True, generate_fn: Callable | None = None) -> Path:
+    clock = Clock()
+    run = RunFolder(cfg.run.root, cfg.run.experiment, cfg.run.name or default_run_name(),
+                    cfg, resume=resume)
+    cache = Path(cfg.run.cache_dir)
+    source = str(cfg.model.source)
+    model, tokenizer = load_pretrained(source, dtype=cfg.model.dtype)
+    base_key = base_model_key(source, cfg.model)
+    data = study_data.build_study_data(cfg, model, tokenizer, base_key,
+                                       cache_dir=str(cache / "generated"),
+                                       generate_fn=generate_fn)
+    del model
+    method = str(cfg.align.method)
+    clock.say(f"stage 1: align with {method}")
+    key, entry, _ = train_stage(label=f"align_{method}", source=source, source_key=base_key,
+                                rows=data["align_rows"], stage_cfg=cfg.align,
+                                model_cfg=cfg.model, cache_root=cache, resume=resume,
+                                progress=progress)
+    link(run.checkpoint(f"align_{method}"), entry)
+    rows = study_data.user_rows(cfg, data, cfg.sweep.p)
+    results, cells = {}, []
+    for cell in sweep.grid(cfg.sweep):
+        label = sweep.cell_label(cell)
+        clock.say(f"cell {label}")
+        k, e, s = train_stage(label=label, source=str(entry), source_key=key, rows=rows,
+                              stage_cfg=cell_block(cfg, cell), model_cfg=cfg.model,
+                              cache_root=cache, resume=resume, progress=progress)
+        res, _ = evaluate_stage(label=label, source=str(e), model_key=k,
+                                sets=data["eval_sets"], eval_cfg=cfg.eval, cache_root=cache,
+                                generate_fn=generate_fn)
+        results[label] = res
+        cells.append({**cell, "label": label, "key": k,
+                      "harmful_score": res["harmful_score"]["value"],
+                      "task_accuracy": res["task_accuracy"]["value"]})
+        run.log({"event": "cell", **cells[-1], "final_loss": s["final_loss"]})
+    run.write_json("results.json", results)
+    run.write_json("cells.json", cells)
+    sweep.heatmap(cells, run.path / "plots" / "heatmap.png")
+    best = sweep.best_safe_cell(cells, float(cfg.sweep.safe_harmful_score))
+    lines = [f"# {cfg.run.title}", "",
+             f"Aligned start: {method}; user data n = {cfg.finetune.n}, p = {cfg.sweep.p}.",
+             "", "| cell | harmful score (95% CI) | task accuracy (95% CI) |", "|---|---|---|"]
+    for c in cells:
+        r = results[c["label"]]
+        lines.append(f"| {c['label']} | " + " | ".join(
+            f"{r[m]['value']:.1f} [{r[m]['ci_low']:.1f}, {r[m]['ci_high']:.1f}]"
+            for m in ("harmful_score", "task_accuracy")) + " |")
+    threshold = cfg.sweep.safe_harmful_score
+    lines += ["", (f"Best safe cell (harmful score <= {threshold:g}%, highest task accuracy):"
+                   f" {best['label']}" if best else
+                   f"No cell has a harmful score <= {threshold:g}%."),
+              "", "## All metrics", "", format_table(results), "", "## Config", "", "```",
+              cfg.to_json_best_effort(indent=2), "```", ""]
+    run.write_text("report.md", "\n".join(lines))
+    run.write_json("best_cell.json", best)
+    clock.say(f"done: {run.path / 'report.md'}; best safe cell: "
+              f"{json.dumps(best['label'] if best else None)}")
+    return run.path
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    run_sweep(flags.FLAGS.config, resume=flags.FLAGS.resume)
+
+
+if __name__ == "__main__":
+    # Flags are defined only when run as a script, so both studies can be imported.
+    config_flags.DEFINE_config_file("config", "configs/optimization_sweep.py", "sweep config file")
+    flags.DEFINE_bool("resume", False, "continue an existing run folder / stage")
+    app.run(main)

@@ -1,0 +1,68 @@
+"""Run folders `runs/<experiment>/<run_name>/` (DESIGN convention 7).
+
+A folder is created once; opening an existing one needs `resume=True` (continue it),
+so nothing is ever overwritten silently. The resolved config is written on creation
+and, on resume, must equal the stored one.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from pathlib import Path
+from typing import Any
+
+from research.pipeline.hashing import to_plain
+
+
+class RunFolderExistsError(FileExistsError):
+    """The run folder exists and the caller did not ask to resume it."""
+
+
+def default_run_name() -> str:
+    return datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+class RunFolder:
+    """Paths and writers of one run; see the module docstring for the overwrite rule."""
+
+    def __init__(self, root: str | Path, experiment: str, name: str, config: Any, *,
+                 resume: bool = False):
+        self.path = Path(root) / experiment / name
+        plain = to_plain(config)
+        config_file = self.path / "config.json"
+        if self.path.exists() and any(self.path.iterdir()):
+            if not resume:
+                raise RunFolderExistsError(
+                    f"{self.path} already exists; pass --resume to continue it or choose "
+                    f"another --config.run.name")
+            if config_file.exists():
+                stored = json.loads(config_file.read_text())
+                if stored != plain:
+                    raise ValueError(f"{config_file}: the stored config differs from this "
+                                     "run's config; a resumed run must use the same config")
+        self.path.mkdir(parents=True, exist_ok=True)
+        for sub in ("plots", "checkpoints", "records"):
+            (self.path / sub).mkdir(exist_ok=True)
+        if not config_file.exists():
+            config_file.write_text(json.dumps(plain, indent=2) + "\n")
+
+    def checkpoint(self, stage: str) -> Path:
+        return self.path / "checkpoints" / stage
+
+    def log(self, record: dict[str, Any]) -> None:
+        """Append one JSON line to metrics.jsonl (stage events and summaries)."""
+        with open(self.path / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def write_json(self, name: str, data: Any) -> Path:
+        target = self.path / name
+        tmp = target.with_suffix(target.suffix + ".tmp")
+        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+        tmp.replace(target)
+        return target
+
+    def write_text(self, name: str, text: str) -> Path:
+        target = self.path / name
+        target.write_text(text, encoding="utf-8")
+        return target

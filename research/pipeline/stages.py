@@ -1,0 +1,213 @@
+"""Stages of the study with an on-disk cache keyed by a hash of what determines them.
+
+A training stage's key hashes its input model's key, its config block, the model
+block (LoRA or full) and the exact training rows; an evaluation's key hashes the model's
+key, the prompt sets and the settings. A finished entry (`stage.json` with
+`complete: true`) is reused as is; an unfinished one is continued with `resume=True`
+and otherwise refused (never silently restarted over). Entries live under the cache
+root; the run folder links to them (`checkpoints/<stage>` -> entry), and each entry's
+`hf/` export is what `load_pretrained` and `research.evaluate` read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import jax
+import ml_collections
+from flax import nnx
+
+from research.data.batches import BatchIterator
+from research.data.chat import format_examples
+from research.data.rows import Row
+from research.evaluation.pipeline import EvalSettings, PromptSet, make_records, summarize
+from research.evaluation.refusal import REFUSAL_LIST_VERSION
+from research.models.loading import load_pretrained
+from research.models.lora import LoRAConfig
+from research.models.checkpoints import save_hf_folder
+from research.pipeline.data import rows_fingerprint
+from research.pipeline.hashing import config_hash, to_plain
+from research.pipeline.registry import StepContext, get_method
+from research.training.checkpointing import Checkpointer
+from research.training.ema import ema_params, find_ema_state
+from research.training.loop import train
+from research.training.optim import make_optimizer, make_schedule
+from research.training.state import init_train_state, split_model
+
+log = logging.getLogger(__name__)
+STAGE_FORMAT = 1
+
+
+class IncompleteStageError(RuntimeError):
+    """A cache entry was started but not finished, and resuming was not asked for."""
+
+
+def lora_config(model_cfg: ml_collections.ConfigDict) -> LoRAConfig | None:
+    if model_cfg.finetune_mode != "lora":
+        return None
+    return LoRAConfig(rank=int(model_cfg.lora_rank), alpha=float(model_cfg.lora_alpha),
+                      targets=tuple(model_cfg.lora_targets))
+
+
+def planned_steps(stage_cfg: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
+    """`steps` if > 0, else ceil(epochs * steps per epoch)."""
+    if int(stage_cfg.get("steps", 0)) > 0:
+        return int(stage_cfg.steps)
+    return max(1, math.ceil(float(stage_cfg.epochs) * steps_per_epoch))
+
+
+def link(run_path: Path, entry: Path) -> None:
+    """Point `run_path` at a cache entry (replacing only an earlier link to it)."""
+    run_path.parent.mkdir(parents=True, exist_ok=True)
+    if run_path.is_symlink():
+        if run_path.resolve() == entry.resolve():
+            return
+        raise FileExistsError(f"{run_path} links to {run_path.resolve()}, not {entry}")
+    if run_path.exists():
+        raise FileExistsError(f"{run_path} exists; a run folder is never overwritten")
+    run_path.symlink_to(entry.resolve(), target_is_directory=True)
+
+
+def _read_entry(entry: Path) -> dict | None:
+    meta = entry / "stage.json"
+    return json.loads(meta.read_text()) if meta.exists() else None
+
+
+def stage_key(source_key: str, stage_cfg: ml_collections.ConfigDict,
+              model_cfg: ml_collections.ConfigDict, rows: Sequence[Row]) -> str:
+    """The cache key of a training stage: everything that determines its weights."""
+    return config_hash("train", STAGE_FORMAT, source_key, stage_cfg, model_cfg,
+                       rows_fingerprint(rows))
+
+
+def train_stage(*, label: str, source: str, source_key: str, rows: Sequence[Row],
+                stage_cfg: ml_collections.ConfigDict, model_cfg: ml_collections.ConfigDict,
+                cache_root: Path, resume: bool = False, progress: bool = True
+                ) -> tuple[str, Path, dict]:
+    """Fine-tune `source` on `rows` (or reuse the cached result); returns (key, entry
+    folder, summary). The entry holds orbax/, hf/ (merged export), metrics.jsonl and
+    stage.json."""
+    key = stage_key(source_key, stage_cfg, model_cfg, rows)
+    entry = cache_root / "stages" / key
+    meta = _read_entry(entry)
+    if meta is not None and meta.get("complete"):
+        log.info("stage %s: cache hit %s", label, entry)
+        return key, entry, dict(meta["summary"], cache_hit=True)
+    if entry.exists() and not resume:
+        raise IncompleteStageError(
+            f"stage {label}: {entry} holds an unfinished run of this exact stage; pass "
+            f"--resume to continue it, or delete the folder to start over")
+    entry.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    model, tokenizer = load_pretrained(source, dtype=model_cfg.dtype,
+                                       lora=lora_config(model_cfg))
+    examples, counts = format_examples(tokenizer, rows, max_length=int(stage_cfg.max_length))
+    data = BatchIterator(examples, int(stage_cfg.batch_size), int(tokenizer.pad_token_id),
+                         seed=int(stage_cfg.seed), buckets=tuple(stage_cfg.buckets))
+    num_steps = planned_steps(stage_cfg, data.steps_per_epoch)
+    opt_cfg = ml_collections.ConfigDict(stage_cfg.optimizer.to_dict())
+    opt_cfg.total_steps = num_steps
+    optimizer, schedule = make_optimizer(opt_cfg), make_schedule(opt_cfg)
+    graphdef, trainable, frozen = split_model(model, model_cfg.finetune_mode)
+    ctx = StepContext(graphdef, optimizer, schedule, stage_cfg.method_config,
+                      accum_steps=int(stage_cfg.accum_steps),
+                      clip_norm=float(stage_cfg.clip_norm))
+    step_fn = get_method(stage_cfg.method)(ctx)
+    state = init_train_state(trainable, optimizer, int(stage_cfg.seed))
+    with Checkpointer(entry / "orbax", save_every=int(stage_cfg.save_every)) as ckpt:
+        state = train(step_fn, state, frozen, data, num_steps=num_steps,
+                      metrics_path=entry / "metrics.jsonl", checkpointer=ckpt,
+                      resume=resume, progress=progress, desc=label)
+    params = state.params
+    use_ema = find_ema_state(state.opt_state) is not None and opt_cfg.ema_mode == "track"
+    if use_ema:  # evaluate and export the average (the `track` mode's model)
+        params = jax.tree.map(lambda a, p: a.astype(p.dtype), ema_params(state.opt_state),
+                              params)
+    trained = nnx.merge(graphdef, params, frozen)
+    if (entry / "hf").exists():
+        shutil.rmtree(entry / "hf")  # a partial export of this same unfinished entry
+    save_hf_folder(trained, entry / "hf", tokenizer)
+    summary = {"label": label, "source": source, "steps": num_steps,
+               "examples": len(examples), "format_counts": counts.to_dict(),
+               "truncated": counts.truncated, "steps_per_epoch": data.steps_per_epoch,
+               "final_loss": _last_loss(entry / "metrics.jsonl"),
+               "exported_ema_average": use_ema,
+               "train_seconds": round(time.perf_counter() - start, 1), "cache_hit": False}
+    (entry / "stage.json").write_text(json.dumps(
+        {"key": key, "complete": True, "config": to_plain(stage_cfg),
+         "model": to_plain(model_cfg), "source_key": source_key, "summary": summary},
+        indent=2) + "\n")
+    return key, entry, summary
+
+
+def _last_loss(path: Path) -> float | None:
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    return json.loads(lines[-1])["loss"] if lines else None
+
+
+def evaluate_stage(*, label: str, source: str, model_key: str, sets: Sequence[PromptSet],
+                   eval_cfg: ml_collections.ConfigDict, cache_root: Path,
+                   loaded: tuple[Any, Any] | None = None,
+                   generate_fn: Callable | None = None) -> tuple[dict, list[dict]]:
+    """Metrics entry and per-prompt records; cached by (model key, prompts, settings).
+
+    Safety sets and task sets are generated with their own `max_new_tokens` (refusals
+    show in the first tokens; label answers need only a few), then scored together.
+    """
+    safety = [s for s in sets if s.role != "task"]
+    task = [s for s in sets if s.role == "task"]
+    settings = {
+        "safety": EvalSettings(max_new_tokens=int(eval_cfg.max_new_tokens),
+                               batch_size=int(eval_cfg.batch_size), seed=int(eval_cfg.seed)),
+        "task": EvalSettings(max_new_tokens=int(eval_cfg.task_max_new_tokens),
+                             batch_size=int(eval_cfg.batch_size), seed=int(eval_cfg.seed))}
+    prompts = [[s.name, [[r.uid, r.prompt, r.answer] for r in s.rows]] for s in sets]
+    key = config_hash("eval", STAGE_FORMAT, model_key, prompts,
+                      {k: dataclasses.asdict(v) for k, v in settings.items()}, REFUSAL_LIST_VERSION)
+    cache_file = cache_root / "evals" / f"{key}.json"
+    if cache_file.exists():
+        cached = json.loads(cache_file.read_text())
+        cached["entry"]["timing"]["cache_hit"] = True
+        return cached["entry"], cached["records"]
+    if generate_fn is None:
+        from research.models.generate import generate as generate_fn
+    model, tokenizer = loaded if loaded is not None else load_pretrained(source)
+    start = time.perf_counter()
+    records = []
+    for group, chosen in (("safety", safety), ("task", task)):
+        if not chosen:
+            continue
+        s = settings[group]
+        completions = generate_fn(model, tokenizer, [r.prompt for x in chosen for r in x.rows],
+                                  max_new_tokens=s.max_new_tokens, temperature=s.temperature,
+                                  top_p=s.top_p, seed=s.seed, batch_size=s.batch_size)
+        records += make_records(chosen, completions, s)
+    seconds = time.perf_counter() - start
+    entry = summarize(records, seed=int(eval_cfg.seed))
+    entry.update(refusal_list_version=REFUSAL_LIST_VERSION, model=source,
+                 settings={k: dataclasses.asdict(v) for k, v in settings.items()},
+                 timing={"prompts": len(records), "generation_seconds": round(seconds, 2),
+                         "cache_hit": False})
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache_file.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"label": label, "entry": entry, "records": records}))
+    tmp.replace(cache_file)
+    return entry, records
+
+
+def base_model_key(source: str, model_cfg: ml_collections.ConfigDict) -> str:
+    """Cache key of an untrained source: its name plus, for a folder, its weights' stamp."""
+    path = Path(source)
+    stamp = None
+    if path.exists():
+        files = sorted(path.rglob("*.safetensors"))
+        stamp = [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+    return config_hash("base", str(source), stamp, model_cfg.dtype)
+

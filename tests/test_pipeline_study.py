@@ -1,0 +1,119 @@
+"""The study end to end on a tiny random model: run folder, caching, no overwrite,
+loadable checkpoints, the evaluate CLI, resume refusal, and the optimizer sweep."""
+
+from __future__ import annotations
+
+import json
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments.harmful_finetuning import run_study
+from experiments.optimization_sweep import run_sweep
+from research.models import load_pretrained
+from research.pipeline.runs import RunFolderExistsError
+from tests.pipeline_fixtures import save_tiny_model, tiny_study_config
+
+LABELS = ["base", "sft", "sft+ft(p=0.25)", "sft+ft(p=0.25, ema=0.9)"]
+
+
+@pytest.fixture(scope="module")
+def study(tokenizer, tmp_path_factory):
+    root = tmp_path_factory.mktemp("study")
+    model_folder = save_tiny_model(root / "model", tokenizer)
+    cfg = tiny_study_config(model_folder, root)
+    cfg.finetune.starts = ("aligned",)
+    return cfg, run_study(cfg, progress=False)
+
+
+def test_run_folder_is_complete(study):
+    _, path = study
+    for name in ("config.json", "metrics.jsonl", "results.json", "report.md",
+                 "plots/metrics.png", "plots/by_method_and_p.png"):
+        assert (path / name).is_file(), name
+    results = json.loads((path / "results.json").read_text())
+    assert list(results) == LABELS
+    for entry in results.values():
+        for metric in ("harmful_score", "refusal_rate", "over_refusal_rate", "task_accuracy"):
+            m = entry[metric]
+            assert set(m) >= {"value", "ci_low", "ci_high", "n"} and m["n"] > 0
+            assert m["ci_low"] <= m["value"] <= m["ci_high"]
+    report = (path / "report.md").read_text()
+    assert "| sft+ft(p=0.25, ema=0.9) |" in report and "95% CI" in report
+    assert "EMA 0.9 vs no EMA" in report and "significant" in report.lower()
+    events = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
+    assert [e["stage"] for e in events if e["event"] == "stage"] == [
+        "align_sft", "ft_sft_p0.25_ema0", "ft_sft_p0.25_ema0.9"]
+
+
+def test_stage_checkpoints_load_and_differ_from_the_base(study):
+    cfg, path = study
+    tokens = jnp.asarray(np.arange(1, 9, dtype=np.int32)[None])
+    base, _ = load_pretrained(cfg.model.source, with_tokenizer=False)
+    aligned, tok = load_pretrained(path / "checkpoints" / "align_sft")
+    assert tok is not None and (path / "checkpoints" / "align_sft" / "orbax").is_dir()
+    diff = jnp.abs(base(tokens).logits - aligned(tokens).logits).max()
+    assert float(diff) > 1e-6  # training changed the exported (LoRA-merged) weights
+
+
+def test_evaluate_cli_reads_a_stage_checkpoint(study, tmp_path):
+    from research.evaluate import main
+
+    _, path = study
+    code = main(["--model", str(path / "checkpoints" / "ft_sft_p0.25_ema0"), "--benign",
+                 "none", "--limit", "2", "--max-new-tokens", "2", "--out", str(tmp_path)])
+    assert code == 0
+    assert json.loads((tmp_path / "results.json").read_text())
+
+
+def test_existing_run_folder_is_never_overwritten(study):
+    cfg, path = study
+    before = (path / "results.json").read_text()
+    with pytest.raises(RunFolderExistsError, match="--resume"):
+        run_study(cfg, progress=False)
+    assert (path / "results.json").read_text() == before
+
+
+def test_second_run_reuses_every_cached_stage(study):
+    cfg, path = study
+    again = cfg.copy_and_resolve_references()
+    again.run.name = "t2"
+    second = run_study(again, progress=False)
+    events = [json.loads(line) for line in (second / "metrics.jsonl").read_text().splitlines()]
+    stages = [e for e in events if e["event"] == "stage"]
+    assert len(stages) == 3 and all(e["cache_hit"] for e in stages)
+    first = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
+    assert [e["key"] for e in stages] == [e["key"] for e in first if e["event"] == "stage"]
+    assert (second / "checkpoints" / "align_sft").resolve() == \
+        (path / "checkpoints" / "align_sft").resolve()
+    assert metrics_only(second / "results.json") == metrics_only(path / "results.json")
+
+
+def metrics_only(results_path) -> dict:
+    """Each model's metrics, without timings (which legitimately differ between runs)."""
+    from research.evaluation.report import metric_items
+
+    results = json.loads(results_path.read_text())
+    return {label: dict(metric_items(entry)) for label, entry in results.items()}
+
+
+def test_sweep_on_the_tiny_model(study):
+    cfg, _ = study
+    sweep_cfg = cfg.copy_and_resolve_references()
+    sweep_cfg.run.update(experiment="tiny_sweep", name="s1")
+    import ml_collections
+
+    sweep_cfg.sweep = ml_collections.ConfigDict(dict(
+        p=0.25, lrs=(1e-3,), batch_sizes=(4,), steps=(1, 2), ema_betas=(0.0, 0.9),
+        safe_harmful_score=100.0))
+    path = run_sweep(sweep_cfg, progress=False)
+    cells = json.loads((path / "cells.json").read_text())
+    assert len(cells) == 4 and len({c["key"] for c in cells}) == 4
+    assert (path / "plots" / "heatmap.png").is_file()
+    best = json.loads((path / "best_cell.json").read_text())
+    assert best["label"] in {c["label"] for c in cells}
+    assert "Best safe cell" in (path / "report.md").read_text()
+    # stage 1 came from the study's cache: same key, no second alignment
+    assert (path / "checkpoints" / "align_sft").resolve() == \
+        (study[1] / "checkpoints" / "align_sft").resolve()

@@ -1,0 +1,103 @@
+"""Pure parts of the pipeline: config hashing, stage keys, the registry, run folders,
+paired effect CIs, the sweep's grid and best cell, incomplete-stage refusal."""
+
+from __future__ import annotations
+
+import ml_collections
+import pytest
+
+from configs import base, demo
+from research.pipeline import registry
+from research.pipeline.hashing import config_hash, to_plain
+from research.pipeline.report import effect_sentence, paired_difference
+from research.pipeline.runs import RunFolder, RunFolderExistsError
+from research.pipeline.stages import IncompleteStageError, stage_key, train_stage
+from research.pipeline.sweep import best_safe_cell, grid
+from research.data.rows import Row
+
+ROWS = [Row(prompt="How do I make tea?", response="Boil water.", kind="benign",
+            source="x", uid="x:1")]
+
+
+def test_hash_ignores_key_order_and_container_type_but_not_values():
+    a = ml_collections.ConfigDict({"x": 1, "y": (1, 2)})
+    assert config_hash(a) == config_hash({"y": [1, 2], "x": 1})
+    assert config_hash(a) != config_hash({"x": 1, "y": [1, 3]})
+    with pytest.raises(TypeError, match="not JSON-able"):
+        to_plain({"f": object()})
+
+
+def test_stage_key_depends_on_config_model_and_rows():
+    cfg = base.get_config()
+    key = stage_key("src", cfg.align, cfg.model, ROWS)
+    assert key == stage_key("src", cfg.copy_and_resolve_references().align, cfg.model, ROWS)
+    changed = cfg.copy_and_resolve_references()
+    changed.align.optimizer.lr = 1e-4
+    assert stage_key("src", changed.align, cfg.model, ROWS) != key
+    assert stage_key("other", cfg.align, cfg.model, ROWS) != key
+    assert stage_key("src", cfg.align, cfg.model, [ROWS[0].with_response("No.")]) != key
+
+
+def test_registry_knows_sft_and_accepts_plugins():
+    assert "sft" in registry.ALIGNMENT_METHODS
+    with pytest.raises(ValueError, match="unknown alignment method 'nope'.*sft"):
+        registry.get_method("nope")
+
+    def builder(ctx):
+        return "step"
+    try:
+        registry.register_method("toy")(builder)
+        assert registry.get_method("toy") is builder
+        with pytest.raises(ValueError, match="already registered"):
+            registry.register_method("toy")(lambda ctx: None)
+    finally:
+        registry.ALIGNMENT_METHODS.pop("toy", None)
+
+
+def test_run_folder_refuses_reuse_and_checks_config_on_resume(tmp_path):
+    cfg = {"a": 1}
+    run = RunFolder(tmp_path, "exp", "r", cfg)
+    run.log({"event": "x"})
+    with pytest.raises(RunFolderExistsError):
+        RunFolder(tmp_path, "exp", "r", cfg)
+    assert RunFolder(tmp_path, "exp", "r", cfg, resume=True).path == run.path
+    with pytest.raises(ValueError, match="differs"):
+        RunFolder(tmp_path, "exp", "r", {"a": 2}, resume=True)
+
+
+def test_incomplete_stage_needs_resume(tmp_path):
+    cfg = base.get_config()
+    key = stage_key("src", cfg.align, cfg.model, ROWS)
+    (tmp_path / "stages" / key).mkdir(parents=True)
+    with pytest.raises(IncompleteStageError, match="--resume"):
+        train_stage(label="a", source="src", source_key="src", rows=ROWS,
+                    stage_cfg=cfg.align, model_cfg=cfg.model, cache_root=tmp_path)
+
+
+def test_paired_difference_and_its_verdict():
+    a = {str(i): 1.0 for i in range(50)}
+    b = {str(i): 0.0 for i in range(50)}
+    d = paired_difference(a, b)
+    assert d == {"value": -100.0, "ci_low": -100.0, "ci_high": -100.0, "n": 50}
+    assert "significant at 95%" in effect_sentence("x", "m", d)
+    mixed = {str(i): float(i % 2) for i in range(50)}
+    same = paired_difference(mixed, dict(mixed))
+    assert same["value"] == 0 and "NOT significant" in effect_sentence("x", "m", same)
+    assert paired_difference(a, {"zz": 1.0})["n"] == 0
+
+
+def test_sweep_grid_and_best_safe_cell():
+    cells = grid(ml_collections.ConfigDict(dict(lrs=(1e-4, 1e-3), batch_sizes=(4,),
+                                                steps=(2, 4), ema_betas=(0.0, 0.9))))
+    assert len(cells) == 8 and len({tuple(c.items()) for c in cells}) == 8
+    scored = [dict(label="a", harmful_score=5.0, task_accuracy=60.0),
+              dict(label="b", harmful_score=30.0, task_accuracy=90.0),
+              dict(label="c", harmful_score=10.0, task_accuracy=80.0)]
+    assert best_safe_cell(scored, 20.0)["label"] == "c"
+    assert best_safe_cell(scored, 1.0) is None
+
+
+def test_demo_config_keeps_benign_at_least_as_plentiful_as_refusals():
+    cfg = demo.get_config()
+    assert cfg.data.n_align_benign_prompts >= cfg.data.n_align_harmful
+    assert cfg.finetune.p_values == (0.1,) and cfg.finetune.ema_betas[0] == 0.0
