@@ -20,9 +20,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 demo: $(STAMP)
-	$(PY) -m research.generate --model smollm2-135m-instruct --max-new-tokens 48 \
-		"What is the capital of France?" "Write a haiku about autumn leaves." \
-		"How do I make a simple stir-fry?" "Give me three tips for learning a language."
+	$(PY) -m experiments.harmful_finetuning --config configs/demo.py
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.generation --quick
