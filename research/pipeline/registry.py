@@ -67,3 +67,15 @@ def sft_step_builder(ctx: StepContext) -> StepFn:
     return make_train_step(sft_grad_fn(ctx.graphdef, remat=bool(ctx.method.get("remat", False))),
                            ctx.optimizer, accum_steps=ctx.accum_steps,
                            clip_norm=ctx.clip_norm, schedule=ctx.schedule)
+
+
+@register_method("vaccine")
+def vaccine_step_builder(ctx: StepContext) -> StepFn:
+    """Vaccine: perturbation-aware alignment (method.rho, method.site)."""
+    from research.training.vaccine import vaccine_grad_fn
+
+    grad_fn = vaccine_grad_fn(ctx.graphdef, rho=float(ctx.method.get("rho", 2.0)),
+                              site=str(ctx.method.get("site", "attn_out")),
+                              remat=bool(ctx.method.get("remat", False)))
+    return make_train_step(grad_fn, ctx.optimizer, accum_steps=ctx.accum_steps,
+                           clip_norm=ctx.clip_norm, schedule=ctx.schedule)
