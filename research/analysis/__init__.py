@@ -1,0 +1,1 @@
+"""Mechanism analysis as pure functions over model states (drift, logits, probes)."""
