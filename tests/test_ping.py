@@ -120,3 +120,31 @@ def test_model_scorer_on_tiny_model_scores_text_after_prefix():
         assert 0.0 <= perform <= 1.0 and 0.0 <= refuse <= 1.0
     # two random tokens are not a listed refusal: the prefix itself is not scored
     assert results[1][1] == 0.0
+
+
+def test_ping_experiment_on_tiny_model(tmp_path):
+    """End to end on a tiny random model: search on val, report on test with CIs."""
+    import json
+
+    from experiments import ping as exp
+    from research.models.loading import embedded_folder, load_tokenizer
+    from tests.pipeline_fixtures import save_tiny_model
+
+    tok = load_tokenizer(embedded_folder("smollm2-135m-instruct"))
+    folder = save_tiny_model(tmp_path / "tiny", tok)
+    out = tmp_path / "ping"
+    argv = ["--model", f"ft={folder}", "--rounds", "1", "--candidates", "2",
+            "--n-harmful", "3", "--n-benign", "3", "--n-task", "2", "--max-new-tokens", "2",
+            "--batch-size", "8", "--out", str(out)]
+    assert exp.main(argv) == 0
+    logged = [json.loads(x) for x in (out / "candidates.jsonl").read_text().splitlines()]
+    assert logged[0]["prefix"] == "" and len(logged) >= 3
+    best = max(logged, key=lambda c: c["score"])
+    assert (out / "prefix.txt").read_text().strip() == best["prefix"]
+    results = json.loads((out / "results.json").read_text())
+    assert set(results) == {"ft", "ft +ping"}
+    for entry in results.values():
+        for name in ("refusal_rate", "over_refusal_rate", "task_accuracy"):
+            assert set(entry[name]) == {"value", "ci_low", "ci_high", "n"}
+    assert results["ft +ping"]["settings"]["prefix"] == (best["prefix"] or None)
+    assert exp.main(argv) == 2  # the run folder is not overwritten silently
