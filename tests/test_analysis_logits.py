@@ -77,3 +77,34 @@ def test_rank_and_prob():
     np.testing.assert_allclose(np.asarray(prob), [[[0.5, 0.2]], [[0.1, 0.7]]], rtol=1e-6)
     masses = A.lens_set_masses(lp, jnp.asarray([0]), jnp.asarray([1, 2]))
     np.testing.assert_allclose(np.asarray(masses["compliance"]), [[0.5], [0.9]], rtol=1e-6)
+
+
+def test_mechanism_experiment_on_tiny_models(tmp_path, tok):
+    """The CLI end to end on two tiny random checkpoints: results, plots, report."""
+    import json
+
+    from experiments import mechanism_analysis as exp
+    from tests.pipeline_fixtures import save_tiny_model
+
+    a = save_tiny_model(tmp_path / "a", tok)
+    b = save_hf_like_other_seed(tmp_path / "b", tok)
+    out = tmp_path / "mech"
+    argv = ["--model", f"aligned={a}", "--model", f"finetuned={b}", "--n", "6",
+            "--probe-steps", "20", "--prefix", "Let me check this is safe.", "--out", str(out)]
+    assert exp.main(argv) == 0
+    res = json.loads((out / "results.json").read_text())["analyses"]
+    assert set(res) == {"aligned", "finetuned"}
+    np.testing.assert_allclose(res["aligned"]["direction_cosine_vs_first"]["last"], 1.0,
+                               rtol=1e-5)
+    assert len(res["finetuned"]["probe_shift_harmful"]) == TINY.num_layers
+    assert len(res["aligned"]["first_token"]) == 4  # harmful/benign x none/prefix
+    for name in ("probe_accuracy", "logit_lens", "first_token", "probe_shift"):
+        assert (out / "plots" / f"{name}.png").stat().st_size > 1000
+    assert "Mechanism analysis" in (out / "report.md").read_text()
+    assert exp.main(argv) == 2
+
+
+def save_hf_like_other_seed(folder, tok):
+    from research.models.checkpoints import save_hf_folder
+
+    return save_hf_folder(init_decoder(TINY, seed=5), folder, tok)
