@@ -41,7 +41,8 @@ def test_masses_sum_to_one_and_match_direct_sum(tok, model):
     total = m["refusal"] + m["compliance"] + m["other"]
     np.testing.assert_allclose(total, 1.0, atol=1e-5)
     # direct recomputation from the full-sequence logits of one unpadded prompt
-    tokens, mask = A.encode_prompts(tok, PROMPTS[:1])
+    tokens, mask = A.encode_prompts(tok, PROMPTS[:1], multiple=1)  # no padding
+    assert mask.all()
     probs = np.asarray(jnp.exp(model(jnp.asarray(tokens)).logits[0, -1]))
     probs = probs / probs.sum()
     r, _ = A.opener_token_ids(tok)
@@ -49,11 +50,14 @@ def test_masses_sum_to_one_and_match_direct_sum(tok, model):
 
 
 def test_prefix_moves_the_answer_position(tok, model):
-    plain, _ = A.encode_prompts(tok, PROMPTS[:1])
-    prefixed, _ = A.encode_prompts(tok, PROMPTS[:1], prefix="Let me think.")
+    plain, pm = A.encode_prompts(tok, PROMPTS[:1], multiple=1)
+    prefixed, qm = A.encode_prompts(tok, PROMPTS[:1], prefix="Let me think.", multiple=1)
     extra = tok("Let me think.", add_special_tokens=False)["input_ids"]
     assert prefixed.shape[1] == plain.shape[1] + len(extra)
     assert prefixed[0, -len(extra):].tolist() == extra
+    bucketed, bm = A.encode_prompts(tok, PROMPTS[:1], prefix="Let me think.")
+    assert bucketed.shape[1] % 32 == 0 and bm.sum() == qm.sum()
+    assert bucketed[0, -len(extra):].tolist() == extra
     rows = A.first_token_table({"m": model}, tok, {"benign": PROMPTS},
                                {"none": None, "p": "Let me think."})
     assert [(r["prefix"], r["n"]) for r in rows] == [("none", 3), ("p", 3)]
@@ -89,7 +93,7 @@ def test_mechanism_experiment_on_tiny_models(tmp_path, tok):
     a = save_tiny_model(tmp_path / "a", tok)
     b = save_hf_like_other_seed(tmp_path / "b", tok)
     out = tmp_path / "mech"
-    argv = ["--model", f"aligned={a}", "--model", f"finetuned={b}", "--n", "6",
+    argv = ["--model", f"aligned={a}", "--model", f"finetuned={b}", "--n", "4",
             "--probe-steps", "20", "--prefix", "Let me check this is safe.", "--out", str(out)]
     assert exp.main(argv) == 0
     res = json.loads((out / "results.json").read_text())["analyses"]

@@ -66,9 +66,12 @@ def opener_token_ids(tokenizer: Any, refusal: Sequence[str] = REFUSAL_OPENERS,
 
 
 def encode_prompts(tokenizer: Any, prompts: Sequence[str], *, prefix: str | None = None,
-                   prefix_mode: str = "assistant", pad_id: int | None = None
-                   ) -> tuple[np.ndarray, np.ndarray]:
+                   prefix_mode: str = "assistant", pad_id: int | None = None,
+                   multiple: int = 32) -> tuple[np.ndarray, np.ndarray]:
     """Chat-templated prompts, left-padded so position -1 is the first answer position.
+
+    The length is rounded up to a multiple of `multiple`, so prompt sets of similar
+    length reuse one compiled program (padding is masked and does not change results).
 
     Returns tokens `[B, T]` int32 and a boolean mask `[B, T]` of real tokens.
     """
@@ -77,7 +80,7 @@ def encode_prompts(tokenizer: Any, prompts: Sequence[str], *, prefix: str | None
     ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
     if pad_id is None:
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    T = max(len(x) for x in ids)
+    T = -(-max(len(x) for x in ids) // multiple) * multiple
     tokens = np.full((len(ids), T), pad_id, np.int32)
     mask = np.zeros((len(ids), T), bool)
     for i, x in enumerate(ids):
