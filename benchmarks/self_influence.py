@@ -61,8 +61,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--mode", choices=("lora", "full"), default="lora")
     parser.add_argument("--chunk", type=int, default=None, help="examples per vmapped chunk")
     args = parser.parse_args(argv)
-    n, rounds = (8, 1) if args.quick else (24, 2)
-    chunk = args.chunk or (8 if args.mode == "lora" else 2)
+    n, rounds = (12, 1) if args.quick else (24, 2)
+    chunk = args.chunk or (4 if args.mode == "lora" else 2)  # 4 beat 8 here: fewer empty rows
 
     model, tokenizer = load_pretrained(ALIAS, lora=LoRAConfig(rank=8))
     graphdef, trainable, frozen = split_model(model, args.mode)
