@@ -72,18 +72,6 @@ def sft_step_builder(ctx: StepContext) -> StepFn:
 @register_method("vaccine")
 def vaccine_step_builder(ctx: StepContext) -> StepFn:
     """Vaccine: perturbation-aware alignment (method.rho, method.site, method.tau)."""
-    from research.training.vaccine import AcceleratedVaccineStep, vaccine_grad_fn
+    from research.training.vaccine import vaccine_step_builder as build
 
-    tau = int(ctx.method.get("tau", 1))
-    if tau > 1:  # eps recomputed every tau steps (the paper's accelerated Vaccine)
-        return AcceleratedVaccineStep(ctx.graphdef, ctx.optimizer,
-                                      rho=float(ctx.method.get("rho", 2.0)), tau=tau,
-                                      site=str(ctx.method.get("site", "attn_out")),
-                                      clip_norm=ctx.clip_norm, schedule=ctx.schedule,
-                                      remat=bool(ctx.method.get("remat", False)),
-                                      accum_steps=ctx.accum_steps)
-    grad_fn = vaccine_grad_fn(ctx.graphdef, rho=float(ctx.method.get("rho", 2.0)),
-                              site=str(ctx.method.get("site", "attn_out")),
-                              remat=bool(ctx.method.get("remat", False)))
-    return make_train_step(grad_fn, ctx.optimizer, accum_steps=ctx.accum_steps,
-                           clip_norm=ctx.clip_norm, schedule=ctx.schedule)
+    return build(ctx)

@@ -1,84 +1,112 @@
-"""Vaccine: perturbation-aware alignment (gradient ascent noise on attention outputs).
+"""Vaccine: perturbation-aware alignment (gradient-ascent noise on attention outputs).
 
-Per step: pass 1 takes the gradient of the alignment loss with respect to the `attn_out`
-activations of every layer (the gradient of a zero delta at that site); one global L2
+Per step: pass 1 takes the gradient of the alignment loss with respect to the site
+activations of every layer (the gradient of a zero delta at `attn_out`); one global L2
 norm over layers, tokens and batch gives eps = rho * g / (||g|| + 1e-7), the direction
 that hurts the loss most. Pass 2 adds eps at the site and takes the parameter gradient
 of the perturbed loss; only that gradient updates the weights, so the model learns
 representations whose loss is robust to the drift a later harmful fine-tune causes.
 
-With gradient accumulation each microbatch gets its own perturbation (its own pass 1):
-the paper has no accumulation, and a per-microbatch eps keeps memory at one microbatch.
+Accumulation: eps is computed **per batch**, as in the paper. Pass 1 runs over the
+microbatches (a scan), the norm is taken over the whole batch, and pass 2 runs over the
+microbatches again, each taking its rows of eps. So A microbatches of B/A give exactly
+the update of one batch of B; the price is one site-sized buffer `[B, L, T, D]` for the
+full batch (one activation per layer, small next to the backward pass's activations).
+
+Accelerated variant: eps lives in the step state (`VaccineState`) and is recomputed when
+it is `tau` steps old, under `lax.cond`, so the reuse steps skip pass 1 and one compiled
+program serves both. eps has the batch's shape `[B, L, T, D]` and is applied position by
+position to later batches of that shape; a batch of another shape (another length
+bucket) starts a fresh eps (`prepare_vaccine_state`), which also costs a compile, as any
+new batch shape does for the SFT step.
 """
 
 from __future__ import annotations
 
+from typing import Any, Callable, NamedTuple
+
 import chex
 import jax
 import jax.numpy as jnp
+import optax
 from flax import nnx
 
 from research.models.transformer import SITES
-from research.training.losses import sft_loss_sum
-from research.training.steps import GradFn
+from research.training.losses import Batch, check_batch, sft_loss_sum
+from research.training.state import TrainState
+from research.training.steps import GradFn, make_train_step, split_microbatches
 
 NORM_EPS = 1e-7
+EPS_KEY = "vaccine_eps"  # batch entry carrying the perturbation, batch axis first
+Step = Callable[[Any, nnx.State, Batch], tuple[Any, dict[str, jax.Array]]]
+
+
+def check_options(rho: float, site: str, tau: int = 1) -> None:
+    """Reject bad options where they enter, naming the option."""
+    if site not in SITES:
+        raise ValueError(f"Vaccine site must be one of {SITES}, got {site!r}")
+    if not rho >= 0:
+        raise ValueError(f"Vaccine rho must be >= 0, got {rho}")
+    if tau < 1:
+        raise ValueError(f"Vaccine tau must be >= 1, got {tau}")
 
 
 def perturbation(grad: jax.Array, rho: float) -> jax.Array:
-    """eps = rho * g / (||g|| + 1e-7), one norm over all layers, tokens and the batch."""
+    """eps = rho * g / (||g|| + 1e-7), one L2 norm over every axis of `grad`."""
     norm = jnp.sqrt(jnp.sum(jnp.square(grad.astype(jnp.float32))))
     return (rho * grad / (norm + NORM_EPS)).astype(grad.dtype)
 
 
-def vaccine_grad_fn(graphdef: nnx.GraphDef, *, rho: float = 2.0, site: str = "attn_out",
-                    remat: bool = False) -> GradFn:
-    """Microbatch gradient of the Vaccine objective (pass 1: eps; pass 2: params)."""
-    if site not in SITES:
-        raise ValueError(f"Vaccine site must be one of {SITES}, got {site!r}")
-    if rho < 0:
-        raise ValueError(f"Vaccine rho must be >= 0, got {rho}")
+def site_gradient(params: nnx.State, frozen: nnx.State, graphdef: nnx.GraphDef, batch: Batch,
+                  *, site: str, remat: bool = False) -> tuple[jax.Array, jax.Array]:
+    """Pass 1 on one (micro)batch: dL_sum/d(site) batch-first `[B, L, T, D]`, and L_sum.
 
-    def grad_fn(params, frozen, microbatch, key):
-        del key
-        model = nnx.merge(graphdef, params, frozen)
-        cfg = model.config
-        batch, length = microbatch["tokens"].shape
-        shape = (cfg.num_layers, batch, length, cfg.hidden_size)
-
-        def loss_at(delta):
-            return sft_loss_sum(params, frozen, graphdef, microbatch, deltas={site: delta},
-                                remat=remat)[0]
-
-        site_grad = jax.grad(loss_at)(jnp.zeros(shape, jnp.float32))
-        eps = jax.lax.stop_gradient(perturbation(site_grad, rho))
-        chex.assert_shape(eps, shape)
-        (loss_sum, aux), grads = jax.value_and_grad(sft_loss_sum, has_aux=True)(
-            params, frozen, graphdef, microbatch, deltas={site: eps}, remat=remat)
-        return grads, {"loss_sum": loss_sum, "tokens": aux["tokens"]}
-
-    return grad_fn
-
-
-EPS_KEY = "vaccine_eps"  # batch entry carrying a fixed perturbation, batch axis first
-
-
-def site_perturbation(graphdef: nnx.GraphDef, params, frozen, batch, *, rho: float,
-                      site: str = "attn_out") -> jax.Array:
-    """Pass 1 alone: eps `[L, B, T, D]` for `batch` at the current parameters."""
+    The gradient of the summed loss has the direction of the mean loss's gradient, and
+    the direction is all that eps keeps, so microbatches need no rescaling.
+    """
     model = nnx.merge(graphdef, params, frozen)
-    cfg = model.config
-    shape = (cfg.num_layers, *batch["tokens"].shape, cfg.hidden_size)
-    site_grad = jax.grad(lambda d: sft_loss_sum(params, frozen, graphdef, batch,
-                                                deltas={site: d})[0])(jnp.zeros(shape))
-    return perturbation(site_grad, rho)
+    cfg, dtype = model.config, jnp.promote_types(model.compute_dtype, jnp.float32)
+    rows, length = batch["tokens"].shape
+    zeros = jnp.zeros((cfg.num_layers, rows, length, cfg.hidden_size), dtype)
+
+    def loss_at(delta: jax.Array) -> jax.Array:
+        return sft_loss_sum(params, frozen, graphdef, batch, deltas={site: delta},
+                            remat=remat)[0]
+
+    loss_sum, grad = jax.value_and_grad(loss_at)(zeros)
+    return jnp.moveaxis(grad, 1, 0), loss_sum
 
 
-def fixed_perturbation_grad_fn(graphdef: nnx.GraphDef, *, site: str = "attn_out",
-                               remat: bool = False) -> GradFn:
-    """Pass 2 alone: parameter gradient with the batch's stored eps added at `site`."""
+def batch_perturbation(params: nnx.State, frozen: nnx.State, graphdef: nnx.GraphDef,
+                       batch: Batch, *, rho: float, site: str = "attn_out",
+                       accum_steps: int = 1, remat: bool = False
+                       ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """eps `[B, L, T, D]` for the whole batch (one norm), pass 1 scanned over microbatches.
+
+    Returns eps (rows in the batch's order) and `clean_loss_sum`, `site_grad_norm`.
+    """
+    core = {k: batch[k] for k in ("tokens", "attention_mask", "loss_mask")}
+    if accum_steps == 1:
+        grad, loss_sum = site_gradient(params, frozen, graphdef, core, site=site, remat=remat)
+    else:
+        def body(carry, microbatch):
+            g, l = site_gradient(params, frozen, graphdef, microbatch, site=site, remat=remat)
+            return carry + l, g
+        loss_sum, grads = jax.lax.scan(body, jnp.zeros((), jnp.float32),
+                                       split_microbatches(core, accum_steps))
+        # [A, B/A, ...] -> [B, ...]: undo split_microbatches' strided row order
+        grad = grads.swapaxes(0, 1).reshape(-1, *grads.shape[2:])
+    chex.assert_shape(grad, (core["tokens"].shape[0], None, core["tokens"].shape[1], None))
+    norm = jnp.sqrt(jnp.sum(jnp.square(grad)))
+    eps = jax.lax.stop_gradient(perturbation(grad, rho))
+    return eps, {"clean_loss_sum": loss_sum, "site_grad_norm": norm}
+
+
+def perturbed_grad_fn(graphdef: nnx.GraphDef, *, site: str = "attn_out",
+                      remat: bool = False) -> GradFn:
+    """Pass 2 as a microbatch grad_fn: parameter gradient with the batch's eps at `site`."""
     def grad_fn(params, frozen, microbatch, key):
-        del key
+        del key  # deterministic
         eps = jnp.moveaxis(microbatch[EPS_KEY], 0, 1)  # [B, L, T, D] -> [L, B, T, D]
         core = {k: v for k, v in microbatch.items() if k != EPS_KEY}
         (loss_sum, aux), grads = jax.value_and_grad(sft_loss_sum, has_aux=True)(
@@ -87,39 +115,122 @@ def fixed_perturbation_grad_fn(graphdef: nnx.GraphDef, *, site: str = "attn_out"
     return grad_fn
 
 
-class AcceleratedVaccineStep:
-    """Vaccine with eps recomputed every `tau` steps and reused in between.
+def _with_eps_metrics(metrics: dict, eps: jax.Array, stats: dict) -> dict:
+    """Add clean (unperturbed) loss and the perturbation's norms to the step metrics."""
+    count = jnp.maximum(metrics["loss_tokens"], 1.0)
+    return dict(metrics, clean_loss=stats["clean_loss_sum"] / count,
+                site_grad_norm=stats["site_grad_norm"],
+                eps_norm=jnp.sqrt(jnp.sum(jnp.square(eps.astype(jnp.float32)))))
 
-    The jitted parts are pure (pass 1 and the perturbed update); this thin wrapper only
-    remembers the last eps. eps has the batch's shape, so a batch of another shape (a
-    new length bucket) recomputes it early; the count of recomputations is kept. eps is
-    computed on the whole batch (one norm, as the paper); with accumulation it is stored
-    batch-axis first so microbatches take their rows of it.
+
+def make_vaccine_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, *,
+                      rho: float = 2.0, site: str = "attn_out", accum_steps: int = 1,
+                      clip_norm: float | None = 1.0, schedule: optax.Schedule | None = None,
+                      remat: bool = False, state_shardings: Any = None,
+                      donate: bool = True) -> Step:
+    """The jitted `vaccine_step(state, frozen, batch) -> (state, metrics)`.
+
+    Same state, accumulation, clipping, sharding and metrics as `make_sft_step`; `loss`
+    is the perturbed loss that is optimised, `clean_loss` the unperturbed one.
     """
+    check_options(rho, site)
+    update = make_train_step(perturbed_grad_fn(graphdef, site=site, remat=remat), optimizer,
+                             accum_steps=accum_steps, clip_norm=clip_norm, schedule=schedule,
+                             donate=False)
 
-    def __init__(self, graphdef: nnx.GraphDef, optimizer, *, rho: float = 2.0, tau: int = 100,
-                 site: str = "attn_out", clip_norm: float | None = 1.0, schedule=None,
-                 remat: bool = False, accum_steps: int = 1):
-        from research.training.steps import make_train_step
+    def vaccine_step(state: TrainState, frozen: nnx.State, batch: Batch):
+        check_batch(batch)
+        eps, stats = batch_perturbation(state.params, frozen, graphdef, batch, rho=rho,
+                                        site=site, accum_steps=accum_steps, remat=remat)
+        new_state, metrics = update(state, frozen, dict(batch, **{EPS_KEY: eps}))
+        return new_state, _with_eps_metrics(metrics, eps, stats)
 
-        if tau < 1:
-            raise ValueError(f"Vaccine tau must be >= 1, got {tau}")
-        if site not in SITES:
-            raise ValueError(f"Vaccine site must be one of {SITES}, got {site!r}")
-        self.tau, self.eps, self.since, self.recomputed = tau, None, 0, 0
-        self._eps_fn = jax.jit(lambda params, frozen, batch: site_perturbation(
-            graphdef, params, frozen, batch, rho=rho, site=site))
-        self._update = make_train_step(fixed_perturbation_grad_fn(graphdef, site=site,
-                                                                  remat=remat),
-                                       optimizer, clip_norm=clip_norm, schedule=schedule,
-                                       accum_steps=accum_steps)
+    out_shardings = None if state_shardings is None else (state_shardings, None)
+    return jax.jit(vaccine_step, donate_argnums=(0,) if donate else (),
+                   out_shardings=out_shardings)
 
-    def __call__(self, state, frozen, batch):
-        core = {k: batch[k] for k in ("tokens", "attention_mask", "loss_mask")}
-        stale = self.eps is None or self.since >= self.tau or \
-            self.eps.shape[1:3] != tuple(core["tokens"].shape)
-        if stale:
-            self.eps, self.since = self._eps_fn(state.params, frozen, core), 0
-            self.recomputed += 1
-        self.since += 1
-        return self._update(state, frozen, dict(core, **{EPS_KEY: jnp.moveaxis(self.eps, 1, 0)}))
+
+class VaccineState(NamedTuple):
+    """TrainState's fields plus the reused perturbation (accelerated Vaccine)."""
+
+    step: jax.Array      # int32 scalar
+    params: nnx.State
+    opt_state: Any
+    rng: jax.Array
+    eps: jax.Array       # [B, L, T, D], batch-first, the last computed perturbation
+    eps_age: jax.Array   # int32 scalar: steps since eps was computed
+
+    def train_state(self) -> TrainState:
+        return TrainState(self.step, self.params, self.opt_state, self.rng)
+
+
+def prepare_vaccine_state(state: TrainState | VaccineState, frozen: nnx.State,
+                          graphdef: nnx.GraphDef, batch: Batch, tau: int) -> VaccineState:
+    """A VaccineState whose eps fits `batch`; a new or reshaped eps is stale (age tau),
+    so the next step recomputes it. Runs outside jit; returns `state` unchanged if it fits."""
+    cfg = nnx.merge(graphdef, state.params, frozen).config
+    rows, length = batch["tokens"].shape
+    shape = (rows, cfg.num_layers, length, cfg.hidden_size)
+    if isinstance(state, VaccineState) and state.eps.shape == shape:
+        return state
+    base = state.train_state() if isinstance(state, VaccineState) else state
+    return VaccineState(*base, eps=jnp.zeros(shape, jnp.float32),
+                        eps_age=jnp.asarray(tau, jnp.int32))
+
+
+def make_accelerated_vaccine_step(graphdef: nnx.GraphDef,
+                                  optimizer: optax.GradientTransformation, *,
+                                  rho: float = 2.0, tau: int = 100, site: str = "attn_out",
+                                  accum_steps: int = 1, clip_norm: float | None = 1.0,
+                                  schedule: optax.Schedule | None = None,
+                                  remat: bool = False, donate: bool = True) -> Step:
+    """Jitted `step(VaccineState, frozen, batch)`: eps recomputed when `tau` steps old.
+
+    Metrics add `eps_recomputed` (1.0 on the steps that ran pass 1) and `eps_norm`;
+    the clean loss is not reported, since reuse steps do not compute it.
+    """
+    check_options(rho, site, tau)
+    update = make_train_step(perturbed_grad_fn(graphdef, site=site, remat=remat), optimizer,
+                             accum_steps=accum_steps, clip_norm=clip_norm, schedule=schedule,
+                             donate=False)
+
+    def step(state: VaccineState, frozen: nnx.State, batch: Batch):
+        check_batch(batch)
+        chex.assert_shape(state.eps, (batch["tokens"].shape[0], None,
+                                      batch["tokens"].shape[1], None))
+        stale = state.eps_age >= tau
+
+        def fresh():
+            return batch_perturbation(state.params, frozen, graphdef, batch, rho=rho,
+                                      site=site, accum_steps=accum_steps, remat=remat)
+
+        def reuse():
+            return state.eps
+
+        eps = jax.lax.cond(stale, lambda: fresh()[0], reuse)
+        new_train, metrics = update(state.train_state(), frozen, dict(batch, **{EPS_KEY: eps}))
+        age = jnp.where(stale, 0, state.eps_age) + 1
+        metrics = dict(metrics, eps_recomputed=stale.astype(jnp.float32),
+                       eps_norm=jnp.sqrt(jnp.sum(jnp.square(eps))))
+        return VaccineState(*new_train, eps=eps, eps_age=age), metrics
+
+    jitted = jax.jit(step, donate_argnums=(0,) if donate else ())
+
+    def accelerated_vaccine_step(state, frozen, batch):
+        """Accepts a TrainState (first step) or a VaccineState; see prepare_vaccine_state."""
+        return jitted(prepare_vaccine_state(state, frozen, graphdef, batch, tau), frozen, batch)
+
+    accelerated_vaccine_step.jitted = jitted  # for lowering / memory analysis
+    return accelerated_vaccine_step
+
+
+def vaccine_step_builder(ctx: Any) -> Step:
+    """Alignment method `vaccine` for the study's stage 1 (method.rho, .site, .tau)."""
+    method = ctx.method
+    rho, site = float(method.get("rho", 2.0)), str(method.get("site", "attn_out"))
+    tau, remat = int(method.get("tau", 1)), bool(method.get("remat", False))
+    common = dict(rho=rho, site=site, accum_steps=ctx.accum_steps, clip_norm=ctx.clip_norm,
+                  schedule=ctx.schedule, remat=remat)
+    if tau > 1:
+        return make_accelerated_vaccine_step(ctx.graphdef, ctx.optimizer, tau=tau, **common)
+    return make_vaccine_step(ctx.graphdef, ctx.optimizer, **common)
