@@ -1,15 +1,21 @@
 """Harmful embedding drift: how far fine-tuning moves the aligned model's activations.
 
 Measured at an activation site (`attn_out` by default, the Vaccine site) on the
-alignment data, over real tokens only. Two quantities, named for what they are:
-- `sum_sq`: the sum of squared L2 distances over tokens (what the Vaccine reference code
-  logs), per layer and in total;
+alignment data, over real tokens only (attention mask). Two quantities, named for what
+they are, per layer and in total:
+- `sum_sq`: the sum over real tokens of the squared L2 distance (what the Vaccine
+  reference code logs);
 - `l2`: its square root, the L2 norm of the stacked difference (the paper's wording).
+Totals add `sum_sq` over layers first, so `l2_total = sqrt(sum of sum_sq_per_layer)`.
+
+Two entry points: `embedding_drift` compares two models; `make_drift_curve` returns a
+function of the fine-tuned trainable parameters for tracking drift (and the alignment
+loss) as a curve during stage 2, with the aligned activations computed once.
 """
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Callable, Iterable
 
 import chex
 import jax
@@ -18,6 +24,14 @@ import numpy as np
 from flax import nnx
 
 from research.models.transformer import Decoder
+from research.training.losses import masked_nll_sum
+
+DRIFT_SITES = ("attn_out", "mlp_out", "resid_post")
+
+
+def check_site(site: str) -> None:
+    if site not in DRIFT_SITES:
+        raise ValueError(f"drift site must be one of {DRIFT_SITES}, got {site!r}")
 
 
 def drift_sum_sq(aligned: jax.Array, finetuned: jax.Array, mask: jax.Array) -> jax.Array:
@@ -28,19 +42,33 @@ def drift_sum_sq(aligned: jax.Array, finetuned: jax.Array, mask: jax.Array) -> j
     return jnp.sum(sq * mask.astype(jnp.float32)[None], axis=(1, 2))
 
 
-@jax.jit
-def _site_activations(graphdef, state, tokens, attention_mask):
+def summarize(sum_sq_per_layer: np.ndarray, tokens: int, site: str) -> dict[str, object]:
+    """The report's drift record from per-layer sums of squares."""
+    per_layer = np.asarray(sum_sq_per_layer, np.float64)
+    total = float(per_layer.sum())
+    return {"site": site, "tokens": int(tokens),
+            "sum_sq_per_layer": per_layer.tolist(), "sum_sq_total": total,
+            "l2_per_layer": np.sqrt(per_layer).tolist(), "l2_total": float(np.sqrt(total))}
+
+
+def site_activations(state: nnx.State, tokens: jax.Array, attention_mask: jax.Array, *,
+                     graphdef: nnx.GraphDef, site: str) -> jax.Array:
+    """`[L, B, T, D]` activations of a model state at `site` (no logits computed)."""
     model = nnx.merge(graphdef, state)
-    return model(tokens, attention_mask=attention_mask, capture=("attn_out", "resid_post"),
-                 logits="none").captured
+    return model(tokens, attention_mask=attention_mask, capture=(site,),
+                 logits="none").captured[site]
+
+
+_site_activations = jax.jit(site_activations, static_argnames=("graphdef", "site"))
 
 
 def embedding_drift(aligned: Decoder, finetuned: Decoder, batches: Iterable[dict],
                     site: str = "attn_out") -> dict[str, object]:
     """Drift between two models at `site` over `batches` (dicts with `tokens` and
     `attention_mask`): per-layer and total `sum_sq` and `l2`, plus the token count."""
-    if site not in ("attn_out", "resid_post"):
-        raise ValueError(f"drift site must be 'attn_out' or 'resid_post', got {site!r}")
+    check_site(site)
+    if aligned.config != finetuned.config:
+        raise ValueError("drift compares two models of the same architecture")
     graph_a, state_a = nnx.split(aligned)
     graph_f, state_f = nnx.split(finetuned)
     per_layer = np.zeros(aligned.config.num_layers, np.float64)
@@ -48,11 +76,55 @@ def embedding_drift(aligned: Decoder, finetuned: Decoder, batches: Iterable[dict
     for batch in batches:
         tokens = jnp.asarray(batch["tokens"])
         mask = jnp.asarray(batch["attention_mask"]).astype(bool)
-        acts_a = _site_activations(graph_a, state_a, tokens, mask)[site]
-        acts_f = _site_activations(graph_f, state_f, tokens, mask)[site]
+        acts_a = _site_activations(state_a, tokens, mask, graphdef=graph_a, site=site)
+        acts_f = _site_activations(state_f, tokens, mask, graphdef=graph_f, site=site)
         per_layer += np.asarray(drift_sum_sq(acts_a, acts_f, mask), np.float64)
         tokens_seen += int(mask.sum())
-    total = float(per_layer.sum())
-    return {"site": site, "tokens": tokens_seen,
-            "sum_sq_per_layer": per_layer.tolist(), "sum_sq_total": total,
-            "l2_per_layer": np.sqrt(per_layer).tolist(), "l2_total": float(np.sqrt(total))}
+    return summarize(per_layer, tokens_seen, site)
+
+
+def _drift_and_loss(params: nnx.State, frozen: nnx.State, reference: jax.Array,
+                    batch: dict, *, graphdef: nnx.GraphDef, site: str
+                    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Per-layer sum_sq against `reference` acts, alignment-loss sum and its token count."""
+    model = nnx.merge(graphdef, params, frozen)
+    out = model(batch["tokens"], attention_mask=batch["attention_mask"], capture=(site,))
+    mask = batch["attention_mask"].astype(bool)
+    loss = masked_nll_sum(out.logits, batch)
+    return drift_sum_sq(reference, out.captured[site], mask), loss.loss_sum, loss.tokens
+
+
+_drift_and_loss_jit = jax.jit(_drift_and_loss, static_argnames=("graphdef", "site"))
+
+
+def make_drift_curve(graphdef: nnx.GraphDef, frozen: nnx.State, aligned_params: nnx.State,
+                     batches: Iterable[dict], site: str = "attn_out"
+                     ) -> Callable[[nnx.State], dict[str, object]]:
+    """`curve(params) -> drift record + alignment_loss` on fixed alignment `batches`.
+
+    `graphdef`/`frozen` are the stage-2 split (`split_model`); the aligned activations
+    come from `aligned_params` once, here, so each point costs one forward pass per
+    batch. Call it every k steps of stage 2 to draw drift and alignment loss together.
+    """
+    check_site(site)
+    batches = [{k: jnp.asarray(b[k]) for k in ("tokens", "attention_mask", "loss_mask")}
+               for b in batches]
+    if not batches:
+        raise ValueError("make_drift_curve needs at least one alignment batch")
+    graph_a, state_a = nnx.split(nnx.merge(graphdef, aligned_params, frozen))
+    references = [_site_activations(state_a, b["tokens"], b["attention_mask"],
+                                    graphdef=graph_a, site=site) for b in batches]
+    tokens = sum(int(b["attention_mask"].astype(bool).sum()) for b in batches)
+
+    def curve(params: nnx.State) -> dict[str, object]:
+        per_layer = np.zeros(references[0].shape[0], np.float64)
+        loss_sum, loss_tokens = 0.0, 0.0
+        for ref, b in zip(references, batches):
+            sq, ls, lt = _drift_and_loss_jit(params, frozen, ref, b, graphdef=graphdef,
+                                             site=site)
+            per_layer += np.asarray(sq, np.float64)
+            loss_sum, loss_tokens = loss_sum + float(ls), loss_tokens + float(lt)
+        return dict(summarize(per_layer, tokens, site),
+                    alignment_loss=loss_sum / max(loss_tokens, 1.0))
+
+    return curve
