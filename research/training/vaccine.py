@@ -168,11 +168,12 @@ def prepare_vaccine_state(state: TrainState | VaccineState, frozen: nnx.State,
                           graphdef: nnx.GraphDef, batch: Batch, tau: int) -> VaccineState:
     """A VaccineState whose eps fits `batch`; a new or reshaped eps is stale (age tau),
     so the next step recomputes it. Runs outside jit; returns `state` unchanged if it fits."""
-    cfg = nnx.merge(graphdef, state.params, frozen).config
     rows, length = batch["tokens"].shape
+    if isinstance(state, VaccineState) and (state.eps.shape[0], state.eps.shape[2]) == (
+            rows, length):
+        return state  # layers and width cannot change; skip the merge below
+    cfg = nnx.merge(graphdef, state.params, frozen).config
     shape = (rows, cfg.num_layers, length, cfg.hidden_size)
-    if isinstance(state, VaccineState) and state.eps.shape == shape:
-        return state
     base = state.train_state() if isinstance(state, VaccineState) else state
     return VaccineState(*base, eps=jnp.zeros(shape, jnp.float32),
                         eps_age=jnp.asarray(tau, jnp.int32))
