@@ -32,7 +32,7 @@ import optax
 from flax import nnx
 
 from research.models.transformer import SITES
-from research.training.losses import Batch, check_batch, sft_loss_sum
+from research.training.losses import Batch, check_batch, response_weights, sft_loss_sum
 from research.training.state import TrainState
 from research.training.steps import GradFn, make_train_step, split_microbatches
 
@@ -104,14 +104,28 @@ def batch_perturbation(params: nnx.State, frozen: nnx.State, graphdef: nnx.Graph
 
 def perturbed_grad_fn(graphdef: nnx.GraphDef, *, site: str = "attn_out",
                       remat: bool = False) -> GradFn:
-    """Pass 2 as a microbatch grad_fn: parameter gradient with the batch's eps at `site`."""
+    """Pass 2 as a microbatch grad_fn: parameter gradient with the batch's eps at `site`.
+
+    Pass 2 runs under `lax.cond` on eps being finite, a fence that keeps XLA from
+    allocating pass 2's saved activations before pass 1 has finished. A non-finite eps
+    gives a NaN loss and zero gradient, so the loop's non-finite guard stops the run.
+    """
     def grad_fn(params, frozen, microbatch, key):
         del key  # deterministic
         eps = jnp.moveaxis(microbatch[EPS_KEY], 0, 1)  # [B, L, T, D] -> [L, B, T, D]
         core = {k: v for k, v in microbatch.items() if k != EPS_KEY}
-        (loss_sum, aux), grads = jax.value_and_grad(sft_loss_sum, has_aux=True)(
-            params, frozen, graphdef, core, deltas={site: eps}, remat=remat)
-        return grads, {"loss_sum": loss_sum, "tokens": aux["tokens"]}
+
+        def perturbed():
+            (loss_sum, aux), grads = jax.value_and_grad(sft_loss_sum, has_aux=True)(
+                params, frozen, graphdef, core, deltas={site: eps}, remat=remat)
+            return grads, {"loss_sum": loss_sum, "tokens": aux["tokens"]}
+
+        def non_finite():
+            grads = jax.tree.map(jnp.zeros_like, params)
+            return grads, {"loss_sum": jnp.asarray(jnp.nan, jnp.float32),
+                           "tokens": jnp.sum(response_weights(core))}
+
+        return jax.lax.cond(jnp.isfinite(jnp.sum(eps)), perturbed, non_finite)
     return grad_fn
 
 
