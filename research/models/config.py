@@ -76,6 +76,14 @@ class ModelConfig:
             return (self.eos_token_id,)
         return tuple(self.eos_token_id)
 
+    @property
+    def projection_shapes(self) -> dict[str, tuple[int, int]]:
+        """(in, out) of each per-layer projection, keyed by its short name (q, ..., down)."""
+        D, F = self.hidden_size, self.intermediate_size
+        q, kv = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        return {"q": (D, q), "k": (D, kv), "v": (D, kv), "o": (q, D),
+                "gate": (D, F), "up": (D, F), "down": (F, D)}
+
     def replace(self, **changes) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
 

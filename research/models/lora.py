@@ -48,11 +48,8 @@ def attach_lora(model, config: LoRAConfig, seed: int = 0) -> None:
     adapted model starts equal to the base model."""
     if model.lora_config is not None:
         raise ValueError("this model already has LoRA adapters")
-    cfg = model.config
-    L, D, F = cfg.num_layers, cfg.hidden_size, cfg.intermediate_size
-    q_dim, kv_dim = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
-    shapes = {"q": (D, q_dim), "k": (D, kv_dim), "v": (D, kv_dim), "o": (q_dim, D),
-              "gate": (D, F), "up": (D, F), "down": (F, D)}
+    L = model.config.num_layers
+    shapes = model.config.projection_shapes
     keys = jax.random.split(jax.random.key(seed), len(config.targets))
     for key, name in zip(keys, config.targets):
         din, dout = shapes[name]

@@ -115,11 +115,8 @@ class LayerStack(nnx.Module):
     """All decoder layers' parameters, stacked on a leading layer axis."""
 
     def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
-        L, D, F = config.num_layers, config.hidden_size, config.intermediate_size
-        q_dim = config.num_heads * config.head_dim
-        kv_dim = config.num_kv_heads * config.head_dim
-        shapes = {"q": (D, q_dim), "k": (D, kv_dim), "v": (D, kv_dim), "o": (q_dim, D),
-                  "gate": (D, F), "up": (D, F), "down": (F, D)}
+        L, D = config.num_layers, config.hidden_size
+        shapes = config.projection_shapes
         init = nnx.initializers.normal(0.02)
         self.attn_norm = nnx.Param(jnp.ones((L, D)))
         self.mlp_norm = nnx.Param(jnp.ones((L, D)))
