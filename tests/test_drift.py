@@ -1,5 +1,6 @@
 """Harmful embedding drift: zero for identical models, equal to a hand computation, and
-the stage-2 curve agrees with the two-model measurement and the alignment loss."""
+the stage-2 curve agrees with the two-model measurement and the alignment loss, and its
+per-example sums give the totals' bootstrap CIs."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from research.analysis.drift import drift_sum_sq, embedding_drift, make_drift_curve, summarize
+from research.analysis.drift import (drift_result, drift_sum_sq, embedding_drift,
+                                     make_drift_curve, summarize, total_with_ci)
 from research.training.losses import sft_loss_sum
 from research.training.state import split_model
 from tests.test_training_fixtures import make_batch, tiny_model
@@ -57,3 +59,25 @@ def test_identical_models_have_zero_drift_and_the_curve_agrees():
                                rtol=1e-5)
     with pytest.raises(ValueError, match="drift site"):
         embedding_drift(aligned, aligned, batches, site="mlp_in")
+
+
+def test_curve_points_split_the_total_by_example_and_the_result_has_cis():
+    batches = [make_batch(rows=3, length=10, seed=s) for s in range(2)]
+    batches[1]["attention_mask"][2] = 0  # a padding row: not an example
+    graphdef, params, frozen = split_model(tiny_model(lora=True, seed=0), "lora")
+    keys = iter(jax.random.split(jax.random.key(1), len(jax.tree.leaves(params))))
+    moved = jax.tree.map(lambda x: x + 0.1 * jax.random.normal(next(keys), x.shape), params)
+    point = make_drift_curve(graphdef, frozen, params, batches)(moved)
+    per_example = point["sum_sq_per_example"]
+    assert len(per_example) == 5 and min(per_example) > 0
+    assert sum(per_example) == pytest.approx(point["sum_sq_total"], rel=1e-6)
+
+    result = drift_result(point, seed=0)
+    s, l2 = result["sum_sq_total"], result["l2_total"]
+    assert s["n"] == l2["n"] == result["examples"] == 5
+    assert s["ci_low"] < s["value"] < s["ci_high"]
+    assert l2["value"] == pytest.approx(point["l2_total"])
+    assert l2["ci_low"] == pytest.approx(np.sqrt(s["ci_low"]))
+    assert result["alignment_loss"] == point["alignment_loss"]
+    assert total_with_ci([2.0, 2.0, 2.0]) == {"value": 6.0, "ci_low": 6.0, "ci_high": 6.0,
+                                              "n": 3}

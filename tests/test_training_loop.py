@@ -1,8 +1,10 @@
-"""Loop bookkeeping: exact interrupt-and-resume, the NaN guard, metrics.jsonl, checkpoints."""
+"""Loop bookkeeping: exact interrupt-and-resume (also of a method's own state), the NaN
+guard, metrics.jsonl, checkpoints, hooks."""
 
 from __future__ import annotations
 
 import json
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -12,9 +14,11 @@ import pytest
 
 from research.training.checkpointing import Checkpointer
 from research.training.ema import parameter_ema
-from research.training.loop import NonFiniteLossError, train
+from research.training.loop import CurveRecorder, NonFiniteLossError, train
 from research.training.state import init_train_state, split_model
 from research.training.steps import make_sft_step
+from research.training.vaccine import (VaccineState, make_accelerated_vaccine_step,
+                                       vaccine_initial_state)
 from tests.test_training_fixtures import ListIterator, make_batch, tiny_model
 
 STEPS = 6
@@ -84,3 +88,63 @@ def test_an_existing_metrics_log_is_not_overwritten(setup, tmp_path):
     with pytest.raises(FileExistsError, match="never overwritten"):
         train(step, state, frozen, ListIterator(BATCHES), num_steps=1, metrics_path=log,
               progress=False)
+
+
+def test_accelerated_vaccine_resumes_exactly_and_hooks_keep_one_curve(tmp_path):
+    """A method's own state (VaccineState: eps reused for tau steps, shaped by the batch)
+    restores into its initial state's template; a curve hook's points past the restored
+    step are replaced, so the curve equals the uninterrupted run's."""
+    graphdef, params, frozen = split_model(tiny_model(), "lora")
+    opt = optax.adam(3e-2)
+    step = make_accelerated_vaccine_step(graphdef, opt, rho=2.0, tau=3)
+    batches = [make_batch(rows=4, length=12, seed=s) for s in range(3)]
+
+    def fresh():
+        return vaccine_initial_state(
+            init_train_state(jax.tree.map(jnp.copy, params), opt, seed=0), tau=3)
+
+    def curve(folder):
+        return CurveRecorder(lambda s: {"p": float(jax.tree.leaves(s.params)[0].sum()),
+                                        "eps_age": int(s.eps_age)},
+                             folder / "curve.jsonl", every=2, last_step=STEPS)
+
+    straight = train(step, fresh(), frozen, ListIterator(batches), num_steps=STEPS,
+                     metrics_path=tmp_path / "a" / "metrics.jsonl", progress=False,
+                     hooks=[curve(tmp_path / "a")])
+    ckpt = Checkpointer(tmp_path / "b" / "ckpt", save_every=2)
+    with pytest.raises(KeyboardInterrupt):
+        train(step, fresh(), frozen, ListIterator(batches, fail_after=5), num_steps=STEPS,
+              metrics_path=tmp_path / "b" / "metrics.jsonl", checkpointer=ckpt,
+              progress=False, hooks=[curve(tmp_path / "b")])
+    assert ckpt.latest_step() == 4  # eps computed at step 4, reused at 5 and 6
+    resumed = train(step, fresh(), frozen, ListIterator(batches), num_steps=STEPS,
+                    metrics_path=tmp_path / "b" / "metrics.jsonl", checkpointer=ckpt,
+                    resume=True, progress=False, hooks=[curve(tmp_path / "b")])
+    ckpt.close()
+    assert isinstance(resumed, VaccineState) and resumed.eps.shape == (4, 2, 12, 32)
+    for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed), strict=True):
+        np.testing.assert_array_equal(a, b)  # params, moments, eps, eps age
+    read = lambda f: [json.loads(x) for x in f.read_text().splitlines()]  # noqa: E731
+    assert [r["eps_recomputed"] for r in read(tmp_path / "b" / "metrics.jsonl")] == [
+        1.0, 0.0, 0.0, 1.0, 0.0, 0.0]
+    points = read(tmp_path / "b" / "curve.jsonl")
+    assert [p["step"] for p in points] == [0, 2, 4, 6]
+    assert points == read(tmp_path / "a" / "curve.jsonl")
+
+
+class _Shaped(NamedTuple):
+    step: jax.Array
+    fixed: jax.Array
+    shaped: jax.Array
+
+
+def test_checkpoint_placeholders_take_the_saved_shape_and_nothing_else_does(tmp_path):
+    state = _Shaped(jnp.asarray(1), jnp.ones(3), jnp.arange(6.0).reshape(2, 3))
+    with Checkpointer(tmp_path / "ckpt", async_save=False) as ckpt:
+        ckpt.save(state, {"index": 1})
+    with Checkpointer(tmp_path / "ckpt") as ckpt:  # as a new process would open it
+        restored, _ = ckpt.restore(state._replace(shaped=jnp.zeros((0, 0))))
+        assert isinstance(restored, _Shaped)
+        np.testing.assert_array_equal(restored.shaped, state.shaped)
+        with pytest.raises(ValueError, match="shape"):
+            ckpt.restore(state._replace(fixed=jnp.ones(4)))

@@ -10,12 +10,15 @@ Totals add `sum_sq` over layers first, so `l2_total = sqrt(sum of sum_sq_per_lay
 
 Two entry points: `embedding_drift` compares two models; `make_drift_curve` returns a
 function of the fine-tuned trainable parameters for tracking drift (and the alignment
-loss) as a curve during stage 2, with the aligned activations computed once.
+loss) as a curve during stage 2, with the aligned activations computed once. Its
+points also hold each example's `sum_sq`, from which `drift_result` gives the totals
+a percentile-bootstrap CI over the alignment examples (which examples were drawn is
+the uncertainty a total over a fixed set has).
 """
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import chex
 import jax
@@ -34,12 +37,19 @@ def check_site(site: str) -> None:
         raise ValueError(f"drift site must be one of {DRIFT_SITES}, got {site!r}")
 
 
-def drift_sum_sq(aligned: jax.Array, finetuned: jax.Array, mask: jax.Array) -> jax.Array:
-    """Per-layer sum over real tokens of ||finetuned - aligned||^2: `[L]` from `[L,B,T,D]`."""
+def drift_sum_sq_rows(aligned: jax.Array, finetuned: jax.Array, mask: jax.Array
+                      ) -> jax.Array:
+    """Sum over each row's real tokens of ||finetuned - aligned||^2: `[L, B]` from
+    `[L, B, T, D]` activations and a `[B, T]` mask."""
     chex.assert_equal_shape([aligned, finetuned])
     chex.assert_shape(mask, aligned.shape[1:3])
     sq = jnp.sum(jnp.square(finetuned.astype(jnp.float32) - aligned.astype(jnp.float32)), -1)
-    return jnp.sum(sq * mask.astype(jnp.float32)[None], axis=(1, 2))
+    return jnp.sum(sq * mask.astype(jnp.float32)[None], axis=2)
+
+
+def drift_sum_sq(aligned: jax.Array, finetuned: jax.Array, mask: jax.Array) -> jax.Array:
+    """Per-layer sum over real tokens of ||finetuned - aligned||^2: `[L]` from `[L,B,T,D]`."""
+    return jnp.sum(drift_sum_sq_rows(aligned, finetuned, mask), axis=1)
 
 
 def summarize(sum_sq_per_layer: np.ndarray, tokens: int, site: str) -> dict[str, object]:
@@ -86,12 +96,12 @@ def embedding_drift(aligned: Decoder, finetuned: Decoder, batches: Iterable[dict
 def _drift_and_loss(params: nnx.State, frozen: nnx.State, reference: jax.Array,
                     batch: dict, *, graphdef: nnx.GraphDef, site: str
                     ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Per-layer sum_sq against `reference` acts, alignment-loss sum and its token count."""
+    """`[L, B]` sum_sq against `reference` acts, alignment-loss sum and its token count."""
     model = nnx.merge(graphdef, params, frozen)
     out = model(batch["tokens"], attention_mask=batch["attention_mask"], capture=(site,))
     mask = batch["attention_mask"].astype(bool)
     loss = masked_nll_sum(out.logits, batch)
-    return drift_sum_sq(reference, out.captured[site], mask), loss.loss_sum, loss.tokens
+    return drift_sum_sq_rows(reference, out.captured[site], mask), loss.loss_sum, loss.tokens
 
 
 _drift_and_loss_jit = jax.jit(_drift_and_loss, static_argnames=("graphdef", "site"))
@@ -100,7 +110,8 @@ _drift_and_loss_jit = jax.jit(_drift_and_loss, static_argnames=("graphdef", "sit
 def make_drift_curve(graphdef: nnx.GraphDef, frozen: nnx.State, aligned_params: nnx.State,
                      batches: Iterable[dict], site: str = "attn_out"
                      ) -> Callable[[nnx.State], dict[str, object]]:
-    """`curve(params) -> drift record + alignment_loss` on fixed alignment `batches`.
+    """`curve(params) -> drift record + alignment_loss + sum_sq_per_example` on fixed
+    alignment `batches` (rows without real tokens are padding and not examples).
 
     `graphdef`/`frozen` are the stage-2 split (`split_model`); the aligned activations
     come from `aligned_params` once, here, so each point costs one forward pass per
@@ -115,16 +126,47 @@ def make_drift_curve(graphdef: nnx.GraphDef, frozen: nnx.State, aligned_params: 
     references = [_site_activations(state_a, b["tokens"], b["attention_mask"],
                                     graphdef=graph_a, site=site) for b in batches]
     tokens = sum(int(b["attention_mask"].astype(bool).sum()) for b in batches)
+    real = [np.asarray(b["attention_mask"]).any(axis=1) for b in batches]
 
     def curve(params: nnx.State) -> dict[str, object]:
         per_layer = np.zeros(references[0].shape[0], np.float64)
+        per_example: list[float] = []
         loss_sum, loss_tokens = 0.0, 0.0
-        for ref, b in zip(references, batches):
+        for ref, b, rows in zip(references, batches, real):
             sq, ls, lt = _drift_and_loss_jit(params, frozen, ref, b, graphdef=graphdef,
                                              site=site)
-            per_layer += np.asarray(sq, np.float64)
+            sq = np.asarray(sq, np.float64)
+            per_layer += sq.sum(axis=1)
+            per_example += sq.sum(axis=0)[rows].tolist()
             loss_sum, loss_tokens = loss_sum + float(ls), loss_tokens + float(lt)
         return dict(summarize(per_layer, tokens, site),
-                    alignment_loss=loss_sum / max(loss_tokens, 1.0))
+                    alignment_loss=loss_sum / max(loss_tokens, 1.0),
+                    sum_sq_per_example=per_example)
 
     return curve
+
+
+def total_with_ci(values: Sequence[float], *, seed: int = 0, n_boot: int = 2000
+                  ) -> dict[str, float | int]:
+    """Sum of `values` with a 95% percentile-bootstrap CI over them (resampled with
+    replacement), as a `{"value", "ci_low", "ci_high", "n"}` metric."""
+    x = np.asarray(values, np.float64)
+    if x.size == 0:
+        raise ValueError("a total needs at least one value")
+    totals = x[np.random.default_rng(seed).integers(0, x.size, (n_boot, x.size))].sum(1)
+    low, high = np.quantile(totals, [0.025, 0.975])
+    return {"value": float(x.sum()), "ci_low": float(low), "ci_high": float(high),
+            "n": int(x.size)}
+
+
+def drift_result(point: dict[str, object], *, seed: int = 0) -> dict[str, object]:
+    """A curve point as results.json reports it: `sum_sq_total` and `l2_total` (its
+    square root, so the CI bounds are the roots of the sum's) with CIs over examples,
+    the per-layer values, the alignment loss and the site."""
+    sum_sq = total_with_ci(point["sum_sq_per_example"], seed=seed)
+    l2 = {k: float(np.sqrt(sum_sq[k])) for k in ("value", "ci_low", "ci_high")}
+    return {"site": point["site"], "examples": sum_sq["n"], "tokens": point["tokens"],
+            "sum_sq_total": sum_sq, "l2_total": dict(l2, n=sum_sq["n"]),
+            "sum_sq_per_layer": point["sum_sq_per_layer"],
+            "l2_per_layer": point["l2_per_layer"],
+            "alignment_loss": point["alignment_loss"]}

@@ -7,6 +7,11 @@ key, the prompt sets and the settings. A finished entry (`stage.json` with
 and otherwise refused (never silently restarted over). Entries live under the cache
 root; the run folder links to them (`checkpoints/<stage>` -> entry), and each entry's
 `hf/` export is what `load_pretrained` and `research.evaluate` read.
+
+A stage whose block has `drift.enabled` also records the harmful embedding drift curve
+of the model it trains against its start, on `drift_rows`, every `drift.every` steps
+(`drift.jsonl`, through a training-loop hook), and the exported model's drift in its
+summary; the drift block and rows are then part of the key.
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ import jax
 import ml_collections
 from flax import nnx
 
-from research.data.batches import BatchIterator
+from research.analysis.drift import make_drift_curve
+from research.data.batches import BatchIterator, collate, plan_epoch
 from research.data.chat import format_examples
 from research.data.rows import Row
 from research.evaluation.pipeline import EvalSettings, PromptSet, make_records, summarize
@@ -34,12 +40,12 @@ from research.models.lora import LoRAConfig
 from research.models.checkpoints import save_hf_folder
 from research.pipeline.data import rows_fingerprint
 from research.pipeline.hashing import config_hash, to_plain
-from research.pipeline.registry import StepContext, get_method
+from research.pipeline.registry import StepContext, build_method
 from research.training.checkpointing import Checkpointer
 from research.training.ema import ema_params, find_ema_state
-from research.training.loop import train
+from research.training.loop import CurveRecorder, train
 from research.training.optim import make_optimizer, make_schedule
-from research.training.state import init_train_state, split_model
+from research.training.state import split_model
 
 log = logging.getLogger(__name__)
 STAGE_FORMAT = 1
@@ -81,20 +87,53 @@ def _read_entry(entry: Path) -> dict | None:
 
 
 def stage_key(source_key: str, stage_cfg: ml_collections.ConfigDict,
-              model_cfg: ml_collections.ConfigDict, rows: Sequence[Row]) -> str:
-    """The cache key of a training stage: everything that determines its weights."""
+              model_cfg: ml_collections.ConfigDict, rows: Sequence[Row],
+              drift_rows: Sequence[Row] = ()) -> str:
+    """The cache key of a training stage: everything that determines its weights (and
+    its drift curve's rows, when it records one)."""
+    extra = [rows_fingerprint(drift_rows)] if drift_rows else []
     return config_hash("train", STAGE_FORMAT, source_key, stage_cfg, model_cfg,
-                       rows_fingerprint(rows))
+                       rows_fingerprint(rows), *extra)
+
+
+def drift_enabled(stage_cfg: ml_collections.ConfigDict) -> bool:
+    return bool(stage_cfg.get("drift") and stage_cfg.drift.get("enabled", False))
+
+
+def drift_batches(examples: Sequence[Any], batch_size: int, pad_id: int,
+                  buckets: Sequence[int]) -> list[dict]:
+    """Each example once, in length buckets, without padding rows (fixed, so every
+    point of a curve is measured on the same batches)."""
+    plan = plan_epoch([len(e) for e in examples], batch_size, buckets, seed=0, epoch=0)
+    return [collate(examples, idx, length, len(idx), pad_id) for length, idx in plan]
+
+
+def curve_line(point: dict) -> dict:
+    """A drift point as a line of drift.jsonl (per-example sums stay in the summary)."""
+    return {k: v for k, v in point.items() if k != "sum_sq_per_example"}
+
+
+def stage_drift_curve(stage_cfg: ml_collections.ConfigDict, drift_rows: Sequence[Row],
+                      tokenizer: Any, graphdef: nnx.GraphDef, start: nnx.State,
+                      frozen: nnx.State) -> Callable[[nnx.State], dict]:
+    """`make_drift_curve` on the drift rows, formatted like the stage's training rows."""
+    examples, _ = format_examples(tokenizer, drift_rows, max_length=int(stage_cfg.max_length))
+    batches = drift_batches(examples, int(stage_cfg.drift.batch_size),
+                            int(tokenizer.pad_token_id), tuple(stage_cfg.buckets))
+    return make_drift_curve(graphdef, frozen, start, batches, site=str(stage_cfg.drift.site))
 
 
 def train_stage(*, label: str, source: str, source_key: str, rows: Sequence[Row],
                 stage_cfg: ml_collections.ConfigDict, model_cfg: ml_collections.ConfigDict,
-                cache_root: Path, resume: bool = False, progress: bool = True
-                ) -> tuple[str, Path, dict]:
+                cache_root: Path, resume: bool = False, progress: bool = True,
+                drift_rows: Sequence[Row] = ()) -> tuple[str, Path, dict]:
     """Fine-tune `source` on `rows` (or reuse the cached result); returns (key, entry
-    folder, summary). The entry holds orbax/, hf/ (merged export), metrics.jsonl and
-    stage.json."""
-    key = stage_key(source_key, stage_cfg, model_cfg, rows)
+    folder, summary). The entry holds orbax/, hf/ (merged export), metrics.jsonl,
+    stage.json and, with drift enabled, drift.jsonl (`drift_rows` are the examples)."""
+    if drift_enabled(stage_cfg) and not drift_rows:
+        raise ValueError(f"stage {label}: drift is enabled but no drift rows were given")
+    drift_rows = drift_rows if drift_enabled(stage_cfg) else ()
+    key = stage_key(source_key, stage_cfg, model_cfg, rows, drift_rows)
     entry = cache_root / "stages" / key
     meta = _read_entry(entry)
     if meta is not None and meta.get("complete"):
@@ -119,12 +158,17 @@ def train_stage(*, label: str, source: str, source_key: str, rows: Sequence[Row]
     ctx = StepContext(graphdef, optimizer, schedule, stage_cfg.method_config,
                       accum_steps=int(stage_cfg.accum_steps),
                       clip_norm=float(stage_cfg.clip_norm))
-    step_fn = get_method(stage_cfg.method)(ctx)
-    state = init_train_state(trainable, optimizer, int(stage_cfg.seed))
+    # built before training: the start's activations are the drift's reference
+    curve = (stage_drift_curve(stage_cfg, drift_rows, tokenizer, graphdef, trainable, frozen)
+             if drift_rows else None)
+    hooks = [] if curve is None else [CurveRecorder(
+        lambda s: curve_line(curve(s.params)), entry / "drift.jsonl",
+        every=int(stage_cfg.drift.every), last_step=num_steps)]
+    step_fn, state = build_method(stage_cfg.method, ctx, trainable, int(stage_cfg.seed))
     with Checkpointer(entry / "orbax", save_every=int(stage_cfg.save_every)) as ckpt:
         state = train(step_fn, state, frozen, data, num_steps=num_steps,
                       metrics_path=entry / "metrics.jsonl", checkpointer=ckpt,
-                      resume=resume, progress=progress, desc=label)
+                      resume=resume, progress=progress, desc=label, hooks=hooks)
     params = state.params
     use_ema = find_ema_state(state.opt_state) is not None and opt_cfg.ema_mode == "track"
     if use_ema:  # evaluate and export the average (the `track` mode's model)
@@ -140,6 +184,8 @@ def train_stage(*, label: str, source: str, source_key: str, rows: Sequence[Row]
                "final_loss": _last_loss(entry / "metrics.jsonl"),
                "exported_ema_average": use_ema,
                "train_seconds": round(time.perf_counter() - start, 1), "cache_hit": False}
+    if curve is not None:  # the exported model (the EMA average in track mode)
+        summary["drift"] = curve(params)
     (entry / "stage.json").write_text(json.dumps(
         {"key": key, "complete": True, "config": to_plain(stage_cfg),
          "model": to_plain(model_cfg), "source_key": source_key, "summary": summary},

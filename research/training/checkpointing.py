@@ -6,6 +6,11 @@ Orbax `CheckpointManager`. Orbax writes into a temporary folder and renames it w
 complete, so a crash mid-save never leaves a checkpoint that looks finished; restore
 only ever sees committed steps. The frozen base weights are not stored: they come from
 the model the run started from.
+
+The state may be any pytree with a `step` (a method's own state, e.g. accelerated
+Vaccine's); restoring needs a template of the same structure, and a template leaf of
+size 0 is a placeholder for state whose shape depends on the data: it takes the shape
+saved in the checkpoint.
 """
 
 from __future__ import annotations
@@ -20,12 +25,18 @@ import orbax.checkpoint as ocp
 from research.training.state import TrainState
 
 
-def _abstract(template: Any) -> Any:
-    """Shape/dtype/sharding skeleton used to restore onto the template's devices."""
-    def leaf(x):
-        sharding = getattr(x, "sharding", None)
-        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
-    return jax.tree.map(leaf, template)
+def _abstract(template: Any, saved_shapes: dict[tuple, tuple] | None = None) -> Any:
+    """Shape/dtype/sharding skeleton used to restore onto the template's devices; an
+    empty leaf takes its shape from `saved_shapes` (keyed like `ocp.tree.to_flat_dict`)."""
+    flat = ocp.tree.to_flat_dict(template)
+    leaves = jax.tree.leaves(template)
+    assert all(a is b for a, b in zip(flat.values(), leaves, strict=True))  # same order
+
+    def leaf(key, x):
+        shape = saved_shapes[key] if saved_shapes is not None and x.size == 0 else x.shape
+        return jax.ShapeDtypeStruct(shape, x.dtype, sharding=getattr(x, "sharding", None))
+    return jax.tree.unflatten(jax.tree.structure(template),
+                              [leaf(k, x) for k, x in flat.items()])
 
 
 class Checkpointer:
@@ -37,7 +48,10 @@ class Checkpointer:
         self.save_every = int(save_every)
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save)
-        self._manager = ocp.CheckpointManager(self.directory, options=options)
+        # handlers named up front, so a new process can read a checkpoint's metadata
+        handlers = {"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler()}
+        self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                              item_handlers=handlers)
 
     def due(self, step: int) -> bool:
         """Whether the periodic schedule asks for a checkpoint after `step` updates."""
@@ -63,13 +77,19 @@ class Checkpointer:
 
     def restore(self, template: TrainState, step: int | None = None
                 ) -> tuple[TrainState, dict[str, Any]]:
-        """Load `step` (default newest) onto the template's structure and shardings."""
+        """Load `step` (default newest) onto the template's structure and shardings
+        (empty template leaves take their saved shapes)."""
         self.wait()
         step = self._manager.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        saved = None
+        if any(x.size == 0 for x in jax.tree.leaves(template)):
+            meta = self._manager.item_metadata(step)["state"]
+            saved = {k: tuple(m.shape) for k, m in
+                     ocp.tree.to_flat_dict(getattr(meta, "tree", meta)).items()}
         restored = self._manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(_abstract(template)),
+            state=ocp.args.StandardRestore(_abstract(template, saved)),
             data=ocp.args.JsonRestore()))
         return restored.state, dict(restored.data)
 

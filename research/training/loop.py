@@ -4,7 +4,10 @@ All math lives in the step; this loop only does bookkeeping: a tqdm bar (tokens/
 loss, ETA), one JSON line per step in `metrics.jsonl`, periodic and final Orbax
 checkpoints with the data iterator's position, exact resume, and a stop with a clear
 error on a NaN/inf loss (the bad state is never saved, so the newest checkpoint is the
-last good one).
+last good one). The state is whatever the step carries (a `TrainState`, or a method's
+own state with a `step` field); a resumed run restores into the state it is given.
+Anything else to do during training (a drift curve, periodic evaluation) is a hook
+`hook(step, state)`, called on the starting state and after every update.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, Sequence
 
 import jax
 import numpy as np
@@ -24,7 +27,8 @@ from research.training.checkpointing import Checkpointer
 from research.training.sharding import shard_batch
 from research.training.state import TrainState
 
-StepFn = Callable[[TrainState, nnx.State, dict], tuple[TrainState, dict]]
+StepFn = Callable[[Any, nnx.State, dict], tuple[Any, dict]]
+Hook = Callable[[int, Any], None]
 
 
 class ResumableIterator(Protocol):
@@ -35,6 +39,34 @@ class ResumableIterator(Protocol):
     def state(self) -> dict[str, Any]: ...
 
     def restore(self, state: dict[str, Any]) -> None: ...
+
+
+class CurveRecorder:
+    """A hook appending `{"step", **fn(state)}` to a JSON-lines file every `every` steps
+    and at `last_step` (e.g. a drift curve). Its first call sees the starting state; on
+    a resumed run it first drops the points past the restored step, so the file ends up
+    as an uninterrupted run's."""
+
+    def __init__(self, fn: Callable[[Any], dict], path: str | Path, *, every: int,
+                 last_step: int):
+        if every < 1:
+            raise ValueError(f"a curve's period must be >= 1 step, got {every}")
+        self.fn, self.path, self.every, self.last_step = fn, Path(path), every, last_step
+        self.points: list[dict] | None = None
+
+    def __call__(self, step: int, state: Any) -> None:
+        if self.points is None:
+            old = self.path.read_text().splitlines() if self.path.exists() else []
+            self.points = [p for p in map(json.loads, filter(str.strip, old))
+                           if p["step"] < step]
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text("".join(json.dumps(p) + "\n" for p in self.points))
+        if step % self.every and step != self.last_step:
+            return
+        point = {"step": step, **self.fn(state)}
+        self.points.append(point)
+        with self.path.open("a") as f:
+            f.write(json.dumps(point) + "\n")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -58,7 +90,7 @@ def _prepare_metrics_file(path: Path, resume_step: int | None) -> None:
 
 def train(
     step_fn: StepFn,
-    state: TrainState,
+    state: TrainState | Any,
     frozen: nnx.State,
     data: ResumableIterator,
     *,
@@ -69,11 +101,14 @@ def train(
     mesh: Mesh | None = None,
     progress: bool = True,
     desc: str = "train",
-) -> TrainState:
+    hooks: Sequence[Hook] = (),
+) -> TrainState | Any:
     """Run `step_fn` until `state.step == num_steps`; returns the final state.
 
-    With `resume=True` and a checkpoint present, the state and the iterator's position
-    are restored first, so the run continues exactly where the checkpoint left it.
+    With `resume=True` and a checkpoint present, the state (with `state` as the
+    template) and the iterator's position are restored first, so the run continues
+    exactly where the checkpoint left it. Each hook is called as `hook(step, state)` on
+    the starting (or restored) state and after every update; it decides its own period.
     """
     metrics_path = Path(metrics_path)
     resume_step = None
@@ -89,6 +124,8 @@ def train(
     clock = time.perf_counter()
     position = data.state()
     try:
+        for hook in hooks:
+            hook(start, state)
         with metrics_path.open("a") as log:
             for _ in range(start, num_steps):
                 batch = next(data)
@@ -115,6 +152,8 @@ def train(
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}",
                                 tok_s=f"{record['tokens_per_s']:.0f}", refresh=False)
                 bar.update(1)
+                for hook in hooks:
+                    hook(step, state)
                 if checkpointer is not None and checkpointer.due(step):
                     checkpointer.save(state, position)
         if checkpointer is not None:

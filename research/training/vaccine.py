@@ -178,6 +178,19 @@ class VaccineState(NamedTuple):
         return TrainState(self.step, self.params, self.opt_state, self.rng)
 
 
+def vaccine_initial_state(state: TrainState, tau: int) -> TrainState | VaccineState:
+    """The state a Vaccine step starts from: `state` itself for the plain step (tau 1);
+    for the accelerated one a VaccineState whose eps is an empty, stale placeholder.
+
+    Its shape comes from the first batch (`prepare_vaccine_state`) or, on resume, from
+    the checkpoint, whose restore fills empty template leaves with the saved shape.
+    """
+    if tau <= 1:
+        return state
+    return VaccineState(*state, eps=jnp.zeros((0, 0, 0, 0), jnp.float32),
+                        eps_age=jnp.asarray(tau, jnp.int32))
+
+
 def prepare_vaccine_state(state: TrainState | VaccineState, frozen: nnx.State,
                           graphdef: nnx.GraphDef, batch: Batch, tau: int) -> VaccineState:
     """A VaccineState whose eps fits `batch`; a new or reshaped eps is stale (age tau),
