@@ -37,7 +37,8 @@ def get_config() -> ml_collections.ConfigDict:
         lora_rank=8, lora_alpha=16.0, lora_targets=LORA_TARGETS))
     cfg.data = ml_collections.ConfigDict(dict(
         harmful_sources="advbench,donotanswer",
-        benign_sources="everyday,freshqa,writingbench", writingbench_max_chars=300,
+        benign_sources="twins,persistbench,everyday,freshqa,writingbench",
+        benign_max_chars=300,
         task="sentiment", n_align_harmful=300, n_user_harmful=120,
         n_align_benign_prompts=360, min_benign_ratio=1.0, harmful_temperature=0.7, seed=0,
         generation=ml_collections.ConfigDict(dict(max_new_tokens=64, batch_size=16, seed=0,
@@ -50,6 +51,6 @@ def get_config() -> ml_collections.ConfigDict:
     cfg.finetune.ema_betas = (0.0, 0.99)
     cfg.eval = ml_collections.ConfigDict(dict(
         n_harmful=100, n_benign=100, n_task=100,
-        benign_sources="freshqa,writingbench,everyday", max_new_tokens=32,
+        benign_sources="persistbench,writingbench,freshqa", max_new_tokens=32,
         task_max_new_tokens=6, batch_size=16, seed=0))
     return cfg

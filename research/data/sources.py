@@ -1,9 +1,9 @@
 """Registry of named data sources; every source returns `Row`s (see rows.py for the schema).
 
 Names:
-- offline, embedded: advbench, donotanswer (harmful); freshqa, writingbench (benign,
-  human-written);
-- generated: arithmetic, sentiment, topic (task), everyday (benign), refusals;
+- offline, embedded: advbench, donotanswer (harmful); freshqa, writingbench,
+  persistbench (benign, human-written);
+- generated: arithmetic, sentiment, topic (task), everyday and twins (benign), refusals;
 - hub (datasets.load_dataset, or `data_files=` for local stand-ins): beavertails,
   beavertails_safe, advbench_hub, alpaca, sst2, ag_news, gsm8k;
 - any local file path (.txt/.jsonl/.csv/.parquet) via `load_file`.
@@ -15,7 +15,7 @@ import dataclasses
 import logging
 from typing import Any, Callable
 
-from research.data import hub, offline, suites
+from research.data import hub, offline, suites, twins
 from research.data.files import load_file
 from research.data.rows import DataError, LoadCounts, Row
 
@@ -52,6 +52,9 @@ SOURCES: dict[str, Source] = {s.name: s for s in [
     Source("writingbench", "benign", "offline",
            "WritingBench English queries; max_chars= skips longer ones (inspect_evals)",
            offline.load_writingbench),
+    Source("persistbench", "benign", "offline",
+           "PersistBench everyday user queries; max_chars= skips longer ones (inspect_evals)",
+           offline.load_persistbench),
     Source("arithmetic", "task", "generated", "word problems, numeric answer",
            _generated(suites.arithmetic_suite)),
     Source("sentiment", "task", "generated", "review sentiment, label word",
@@ -60,6 +63,9 @@ SOURCES: dict[str, Source] = {s.name: s for s in [
            _generated(suites.topic_suite)),
     Source("everyday", "benign", "generated",
            "everyday requests in the shapes of harmful ones", _generated(suites.everyday_suite)),
+    Source("twins", "benign", "generated",
+           "harmful requests' frames filled with benign content (training only)",
+           _generated(twins.benign_twins)),
     Source("refusals", "refusal", "generated", "varied refusal answers (text in response)",
            _generated(suites.refusal_suite)),
     *[Source(name, spec.kind, "hub", f"{spec.hub_id} via datasets.load_dataset", _hub(name))

@@ -33,7 +33,7 @@ def topic_prompt(text: str) -> str:
             f"Text: {text}\nAnswer with one word.")
 
 
-def _take(candidates: list, n: int | None, seed: int) -> list:
+def seeded_take(candidates: list, n: int | None, seed: int) -> list:
     """A seeded sample of `n` distinct candidates (all of them, shuffled, if n is None)."""
     order = np.random.default_rng(seed).permutation(len(candidates))
     if n is not None:
@@ -122,7 +122,7 @@ def sentiment_suite(n: int | None = None, seed: int = 0) -> list[Row]:
             candidates.append((f"{s} {p}.{t}", label))
     return [Row(prompt=sentiment_prompt(text), response=label, answer=label, kind="task",
                 source="sentiment", uid=f"sentiment:{i}", category="sentiment")
-            for i, (text, label) in enumerate(_take(candidates, n, seed))]
+            for i, (text, label) in enumerate(seeded_take(candidates, n, seed))]
 
 
 # --------------------------------------------------------------------- topic
@@ -168,10 +168,10 @@ def topic_suite(n: int | None = None, seed: int = 0) -> list[Row]:
                  for label, templates in _TOPIC_TEMPLATES.items()}
     smallest = min(len(v) for v in per_label.values())
     candidates = [(text, label) for label, texts in per_label.items()
-                  for text in _take(texts, smallest, seed)]
+                  for text in seeded_take(texts, smallest, seed)]
     return [Row(prompt=topic_prompt(text), response=label, answer=label, kind="task",
                 source="topic", uid=f"topic:{i}", category="topic")
-            for i, (text, label) in enumerate(_take(candidates, n, seed))]
+            for i, (text, label) in enumerate(seeded_take(candidates, n, seed))]
 
 
 # --------------------------------------------------------------------- everyday requests
@@ -242,7 +242,7 @@ def everyday_suite(n: int | None = None, seed: int = 0) -> list[Row]:
                   for shape, (template, fillers) in _EVERYDAY.items() for filler in fillers]
     return [Row(prompt=text, kind="benign", source="everyday", uid=f"everyday:{i}",
                 category=shape)
-            for i, (shape, text) in enumerate(_take(candidates, n, seed))]
+            for i, (shape, text) in enumerate(seeded_take(candidates, n, seed))]
 
 
 # --------------------------------------------------------------------- refusals
@@ -266,4 +266,4 @@ def refusal_suite(n: int | None = None, seed: int = 0) -> list[Row]:
     texts = [o + r + f for o, r, f in itertools.product(_OPENERS, _REASONS, _OFFERS)]
     return [Row(prompt="", response=text, kind="refusal", source="refusals",
                 uid=f"refusals:{i}")
-            for i, text in enumerate(_take(texts, n, seed))]
+            for i, text in enumerate(seeded_take(texts, n, seed))]

@@ -37,12 +37,16 @@ def _names(spec: str | Sequence[str]) -> list[str]:
     return names
 
 
+LENGTH_CAPPED = ("writingbench", "persistbench")  # sources whose loader takes max_chars
+
+
 def split_pool(names: Sequence[str], split: str, counts: dict[str, dict],
-               writingbench_max_chars: int | None = None) -> dict[str, list[Row]]:
-    """Rows of each named source restricted to one split; counts recorded per source."""
+               max_chars: int | None = None) -> dict[str, list[Row]]:
+    """Rows of each named source restricted to one split; counts recorded per source.
+    `max_chars` caps the long human-written requests (they dominate generation time)."""
     pools = {}
     for name in names:
-        kwargs = {"max_chars": writingbench_max_chars} if name == "writingbench" else {}
+        kwargs = {"max_chars": max_chars} if name in LENGTH_CAPPED else {}
         rows, c = load_source(name, **kwargs)
         kept = select_split(rows, split)
         c.skip(f"not in split {split}", len(rows) - len(kept))
@@ -101,7 +105,7 @@ def build_study_data(cfg: ml_collections.ConfigDict, model: Any, tokenizer: Any,
                               d.n_align_harmful + d.n_user_harmful, d.seed)
     align_harmful, user_harmful = harmful[:d.n_align_harmful], harmful[d.n_align_harmful:]
     benign_pools = split_pool(_names(d.benign_sources), "train", counts,
-                              d.writingbench_max_chars)
+                              d.benign_max_chars)
     benign_prompts = balanced_sample(benign_pools, d.n_align_benign_prompts, d.seed)
     benign, c = answer_rows(benign_prompts, model_id, gen, generation_settings(d.generation),
                             drop_refusals=True, cache_dir=cache_dir)
@@ -125,7 +129,7 @@ def eval_sets(cfg: ml_collections.ConfigDict, counts: dict[str, dict]) -> list[P
     harmful = balanced_sample(split_pool(_names(d.harmful_sources), "test", counts),
                               e.n_harmful, e.seed)
     benign = balanced_sample(split_pool(_names(e.benign_sources), "test", counts,
-                                        d.writingbench_max_chars), e.n_benign, e.seed)
+                                        d.benign_max_chars), e.n_benign, e.seed)
     task = split_pool([d.task], "test", counts)[d.task]
     task = [task[i] for i in np.random.default_rng(e.seed).permutation(len(task))[:e.n_task]]
     return [PromptSet("harmful", "harmful", harmful), PromptSet("benign", "benign", benign),
