@@ -58,6 +58,10 @@ class Scores:
         return np.asarray(normalized_self_influence(self.self_inf, self.answer_tokens),
                           np.float64)
 
+    def subset(self, idx: np.ndarray) -> "Scores":
+        """The scores of examples `idx` (indices or a boolean mask), in that order."""
+        return Scores(self.self_inf[idx], self.answer_tokens[idx], self.loss[idx])
+
 
 @jax.jit
 def normalized_self_influence(self_inf: jax.Array | np.ndarray,
