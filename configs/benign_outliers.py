@@ -10,12 +10,17 @@ model with the demo's `finetune` block on four sets of k rows each: the Self-Inf
 k random benign rows, the raw Self-Inf top k and k harmful rows (the base model's
 compliant answers).
 
-Scaled to the embedded model on 2 shared CPU cores (about 20-30 minutes from an empty
-cache, 10-20 after `make demo`): the paper keeps k = 100 from the top 1.2k of a pool of
-tens of thousands; here the pool is `pool_n` = 320 benign train-split prompts, k = 64
-(16 fine-tune steps per arm at batch 8 for 2 epochs, the demo's user fine-tune size) and
-`top_pool` = 128 (2k, the candidates before the trivial-answer filter). The paper's
-sizes: `--config.outliers.k=100 --config.outliers.top_pool=1200` with a larger pool.
+Scaled to the embedded model on 2 shared CPU cores: the paper keeps k = 100 from the
+top 1.2k of tens of thousands of examples; here the pool is `pool_n` = 320 benign
+train-split prompts of the main study's benign sources (about 300 usable after dropping
+refusals and prompts longer than finetune.max_length), k = 64 (16 fine-tune steps per
+arm: batch 8, 2 epochs, the demo's user fine-tune size) and `top_pool` = 128 (2k, the
+candidates before the trivial-answer filter). So about 20% of the pool is selected
+against the paper's 0.2%: the outliers are far less extreme, which weakens the contrast.
+Estimated time (not yet measured end to end): about 20 minutes after `make demo` (pool
+answers ~3 min, scoring ~1 s per example under load ~5 min, 4 fine-tunes ~5 min, 4
+evaluations ~8 min), about 30 minutes from an empty cache. The paper's sizes:
+`--config.outliers.k=100 --config.outliers.top_pool=1200` with a larger pool.
 """
 
 from __future__ import annotations

@@ -156,3 +156,14 @@ def test_second_run_reuses_every_cached_step(studies):
     for arm in ARMS:
         assert (second / "selected" / f"{arm}.jsonl").read_text() == \
             (path / "selected" / f"{arm}.jsonl").read_text()
+
+
+def test_default_config_shares_stage_one_with_the_demo():
+    from configs import benign_outliers, demo
+    from research.pipeline.hashing import config_hash
+
+    ours, main = benign_outliers.get_config(), demo.get_config()
+    for block in ("model", "data", "align", "finetune", "eval"):
+        assert config_hash(ours[block]) == config_hash(main[block]), block
+    o = ours.outliers
+    assert o.top_pool >= o.k and o.pool_n >= 4 * o.k and o.param_mode in ("lora", "full")
