@@ -22,11 +22,6 @@ from research.pipeline.data import (_names, balanced_sample, generation_settings
                                     split_pool)
 
 
-def max_chars(d: ml_collections.ConfigDict) -> int | None:
-    """The data block's length cap of human-written requests (field renamed over time)."""
-    return d.get("benign_max_chars", d.get("writingbench_max_chars"))
-
-
 def without_prompts(pools: dict[str, list[Row]], prompts: set[str],
                     counts: dict[str, dict]) -> dict[str, list[Row]]:
     """The pools minus rows whose prompt is in `prompts` (counted per source)."""
@@ -52,7 +47,7 @@ def benign_pool(cfg: ml_collections.ConfigDict, data: dict[str, Any], model_id: 
     (empty answers and refusals dropped and counted)."""
     d, o = cfg.data, cfg.outliers
     pools = split_pool(_names(o.pool_sources or d.benign_sources), "train", counts,
-                       max_chars(d))
+                       d.benign_max_chars)
     pools = without_prompts(pools, {r.prompt for r in data["align_rows"]}, counts)
     prompts = balanced_sample(pools, int(o.pool_n), int(o.seed))
     rows, c = answer_rows(prompts, model_id, generate, generation_settings(d.generation),
