@@ -1,20 +1,29 @@
 """Vaccine vs SFT alignment, each attacked by a harmful user fine-tune, p in {0, .05, .1, .2}.
 
-The study driver (experiments/harmful_finetuning.py) runs one alignment method per run
-and caches every stage by its config, so the comparison is two runs sharing the cache
-(data, base-model answers and the evaluation of the base model are reused):
+One run aligns the embedded model with both arms (`align_arms`: SFT, and Vaccine with
+rho 2 at attn_out), fine-tunes each aligned model on the user's mix at every p, and
+evaluates all of them; its report.md compares Vaccine with SFT at each p (harmful score
+and task accuracy, paired 95% CIs) and gives each fine-tune's harmful embedding drift
+from its aligned start (L2 norm and sum of squares, per layer and total, CIs over the
+alignment examples), with plots/by_method_and_p.png and plots/drift.png (drift and
+alignment loss along stage 2, recorded every `finetune.drift.every` steps):
 
-    python -m experiments.harmful_finetuning --config=configs/vaccine.py
     python -m experiments.harmful_finetuning --config=configs/vaccine.py \
-        --config.align.method=sft --config.run.name=sft_arm
+        --config.run.name=vaccine_vs_sft
 
-rho sweep (the paper sweeps 0.01 to 10): repeat the first run with
-`--config.align.method_config.rho=R --config.run.name=rho_R` for R in `RHO_SWEEP`.
-Each run's results.json holds harmful score and task accuracy with CIs. The driver does
-not compute drift yet: `research.analysis.drift.embedding_drift` (aligned vs fine-tuned
-checkpoint on the alignment data) and `make_drift_curve` (during stage 2) are the
-functions to call. Sized like the demo (embedded model, shared CPU), aligned start only,
-no EMA.
+The rho sweep (the paper sweeps 0.01 to 10): Vaccine at each rho in `RHO_SWEEP` (arms
+`vaccine_rho<R>`, "." written "p") and SFT, attacked at p = 0.1:
+
+    python -m experiments.harmful_finetuning --config=configs/vaccine.py:rho_sweep \
+        --config.run.name=rho_sweep
+
+Stages are cached by their config, so the runs share data, base-model answers, the
+base model's evaluation and every stage they have in common (the SFT arm, rho = 2 and
+p = 0.1). Accelerated Vaccine (eps recomputed every tau steps):
+`--config.align_arms.vaccine.method_config.tau=100`. An interrupted run continues with
+`--resume`. Sized like the demo (embedded model, shared CPU): aligned starts only, no
+EMA. Drift is on here and off in the other configs (it costs a forward pass over the
+`drift.n` examples every `drift.every` steps).
 """
 
 import ml_collections
@@ -22,16 +31,39 @@ import ml_collections
 from configs import demo
 
 RHO_SWEEP = (0.1, 0.5, 2.0, 5.0)
+P_VALUES = (0.0, 0.05, 0.1, 0.2)
 
 
-def get_config() -> ml_collections.ConfigDict:
+def arm(method: str, **method_config) -> ml_collections.ConfigDict:
+    """One stage-1 arm: an alignment method and its options."""
+    return ml_collections.ConfigDict(dict(
+        method=method, method_config=dict(dict(remat=False), **method_config)))
+
+
+def vaccine_arm(rho: float, tau: int = 1) -> ml_collections.ConfigDict:
+    return arm("vaccine", rho=rho, site="attn_out", tau=tau)
+
+
+def get_config(variant: str = "") -> ml_collections.ConfigDict:
+    """`variant`: "" (SFT vs Vaccine over P_VALUES) or "rho_sweep"."""
+    if variant not in ("", "rho_sweep"):
+        raise ValueError(f"configs/vaccine.py variant must be '' or 'rho_sweep', got "
+                         f"{variant!r}")
     cfg = demo.get_config()
     cfg.run.experiment = "vaccine"
     cfg.run.title = "Vaccine vs SFT alignment under harmful fine-tuning (p sweep)"
-    cfg.align.method = "vaccine"
-    cfg.align.method_config = ml_collections.ConfigDict(dict(
-        rho=2.0, site="attn_out", tau=1, remat=False))
-    cfg.finetune.p_values = (0.0, 0.05, 0.1, 0.2)
+    cfg.align_arms = ml_collections.ConfigDict({"sft": arm("sft"),
+                                                "vaccine": vaccine_arm(2.0)})
+    cfg.reference_arm = "sft"
+    cfg.finetune.p_values = P_VALUES
     cfg.finetune.starts = ("aligned",)
     cfg.finetune.ema_betas = (0.0,)
+    cfg.finetune.drift = ml_collections.ConfigDict(dict(
+        enabled=True, n=48, every=2, batch_size=16, site="attn_out"))
+    if variant == "rho_sweep":
+        cfg.run.title = "Vaccine rho sweep (SFT reference), harmful fine-tune at p = 0.1"
+        cfg.align_arms = ml_collections.ConfigDict(
+            {"sft": arm("sft"), **{f"vaccine_rho{rho:g}".replace(".", "p"): vaccine_arm(rho)
+                                   for rho in RHO_SWEEP}})
+        cfg.finetune.p_values = (0.1,)
     return cfg

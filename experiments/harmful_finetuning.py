@@ -7,26 +7,37 @@
 Stages are cached under `run.cache_dir` by a hash of their inputs, so a second run
 with the same stage-1 config reuses its checkpoint; `--resume` continues an interrupted
 stage (and an existing run folder) instead of refusing.
+
+Stage 1 runs `align.method`, or each arm of `align_arms` (label -> method and
+method_config, e.g. SFT and Vaccine), and stage 2 starts from every arm, so one report
+compares them (each arm vs `reference_arm` at the same p, paired CIs). With
+`finetune.drift.enabled`, stage 2 records the harmful embedding drift curve from its
+start on the first `drift.n` alignment refusals every `drift.every` steps; results.json
+gets each fine-tune's final drift with CIs, report.md a drift table, plots/drift.png.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
+from research.analysis.drift import drift_result
+from research.data.rows import Row
 from research.evaluation.refusal import refusal_list
 from research.models.loading import load_pretrained
 from research.pipeline import data as study_data
 from research.pipeline import report
+from research.pipeline.hashing import to_plain
 from research.pipeline.runs import RunFolder, default_run_name
-from research.pipeline.stages import base_model_key, evaluate_stage, link, train_stage
+from research.pipeline.stages import (base_model_key, drift_enabled, evaluate_stage, link,
+                                      train_stage)
 
 log = logging.getLogger("experiments.harmful_finetuning")
 
@@ -55,6 +66,29 @@ def finetune_block(cfg: ml_collections.ConfigDict, p: float,
 
 def variant_label(start: str, p: float, beta: float) -> str:
     return f"{start}+ft(p={p:g}{f', ema={beta:g}' if beta else ''})"
+
+
+def alignment_arms(cfg: ml_collections.ConfigDict) -> dict[str, ml_collections.ConfigDict]:
+    """Stage-1 blocks by arm label. Without `align_arms`, the one method of `cfg.align`
+    labelled by its name (earlier runs' labels and cache keys stay valid); with it, each
+    arm is `cfg.align` with that arm's `method` and `method_config`."""
+    if not cfg.get("align_arms"):
+        return {str(cfg.align.method): cfg.align}
+    arms = {}
+    for label, arm in cfg.align_arms.items():
+        block = ml_collections.ConfigDict(cfg.align.to_dict())
+        block.method = str(arm.method)
+        block.method_config = ml_collections.ConfigDict(arm.method_config.to_dict())
+        arms[label] = block
+    return arms
+
+
+def drift_rows(cfg: ml_collections.ConfigDict, data: dict[str, Any]) -> list[Row]:
+    """The drift's alignment examples: the first `finetune.drift.n` harmful prompts of
+    stage 1 with their refusals (none when drift is off)."""
+    if not drift_enabled(cfg.finetune):
+        return []
+    return [r for r in data["align_rows"] if r.kind == "harmful"][:int(cfg.finetune.drift.n)]
 
 
 def run_study(cfg: ml_collections.ConfigDict, *, resume: bool = False, progress: bool = True,
@@ -94,20 +128,24 @@ def run_study(cfg: ml_collections.ConfigDict, *, resume: bool = False, progress:
 
     evaluate("base", base_source, base_key, loaded=(base_model, tokenizer))
     del base_model
-    method = str(cfg.align.method)
-    clock.say(f"stage 1: align with {method} on {len(data['align_rows'])} rows")
-    key, entry, summary = train_stage(label=f"align_{method}", source=base_source,
-                                      source_key=base_key, rows=data["align_rows"],
-                                      stage_cfg=cfg.align, model_cfg=cfg.model,
-                                      cache_root=cache, resume=resume, progress=progress)
-    link(run.checkpoint(f"align_{method}"), entry)
-    run.log({"event": "stage", "stage": f"align_{method}", "key": key, **summary})
-    sources["aligned"] = (str(entry), key)
-    evaluate(method, str(entry), key)
+    arms = alignment_arms(cfg)
+    for arm, block in arms.items():
+        clock.say(f"stage 1: align {arm} ({block.method}) on {len(data['align_rows'])} rows")
+        key, entry, summary = train_stage(label=f"align_{arm}", source=base_source,
+                                          source_key=base_key, rows=data["align_rows"],
+                                          stage_cfg=block, model_cfg=cfg.model,
+                                          cache_root=cache, resume=resume, progress=progress)
+        link(run.checkpoint(f"align_{arm}"), entry)
+        run.log({"event": "stage", "stage": f"align_{arm}", "key": key, **summary})
+        sources[arm] = (str(entry), key)
+        evaluate(arm, str(entry), key)
+    starts = [s for start in cfg.finetune.starts
+              for s in (["base"] if start == "base" else list(arms))]
+    drift_examples = drift_rows(cfg, data)
     variants: dict[str, dict] = {}
-    for start in cfg.finetune.starts:
-        source, source_key = sources[start]
-        start_label = "base" if start == "base" else method
+    curves: dict[str, list[dict]] = {}
+    for start_label in starts:
+        source, source_key = sources[start_label]
         for p in cfg.finetune.p_values:
             rows = study_data.user_rows(cfg, data, p)
             for beta in cfg.finetune.ema_betas:
@@ -116,25 +154,37 @@ def run_study(cfg: ml_collections.ConfigDict, *, resume: bool = False, progress:
                 k, e, s = train_stage(label=label, source=source, source_key=source_key,
                                       rows=rows, stage_cfg=finetune_block(cfg, p, beta),
                                       model_cfg=cfg.model, cache_root=cache, resume=resume,
-                                      progress=progress)
+                                      progress=progress, drift_rows=drift_examples)
                 stage = f"ft_{start_label}_p{p:g}_ema{beta:g}"
                 link(run.checkpoint(stage), e)
+                drift = s.pop("drift", None)
                 run.log({"event": "stage", "stage": stage, "key": k, **s})
                 evaluate(label, str(e), k)
+                if drift is not None:
+                    results[label]["harmful_drift"] = dict(
+                        drift_result(drift, seed=int(cfg.eval.seed)),
+                        curve=f"checkpoints/{stage}/drift.jsonl")
+                    curves[label] = read_jsonl(e / "drift.jsonl")
                 variants[label] = {"group": f"{start_label}, " + (f"EMA {beta:g}" if beta
                                                                   else "no EMA"),
                                    "p": float(p), "start": start_label, "ema": float(beta)}
-    write_outputs(cfg, run, results, records, variants, method)
+    write_outputs(cfg, run, results, records, variants, list(arms), curves)
     clock.say(f"done: {run.path / 'report.md'}")
     return run.path
 
 
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def study_effects(records: dict[str, list[dict]], variants: dict[str, dict],
-                  method: str) -> list[tuple[str, str, dict]]:
-    """Alignment vs base, each fine-tune vs its start, EMA vs no EMA at the same cell."""
+                  arms: Sequence[str], reference: str | None = None
+                  ) -> list[tuple[str, str, dict]]:
+    """Each alignment vs base, each fine-tune vs its start, EMA vs no EMA at the same
+    cell, and each arm's fine-tune vs the `reference` arm's at the same cell."""
     diff = lambda a, b, m: report.paired_difference(report.outcomes(records[a], m),
                                                     report.outcomes(records[b], m))
-    effects = [(f"{method} alignment vs base", m, diff("base", method, m))
+    effects = [(f"{arm} alignment vs base", m, diff("base", arm, m)) for arm in arms
                for m in ("refusal_rate", "over_refusal_rate", "task_accuracy")]
     for label, v in variants.items():
         if v["ema"] == 0:
@@ -146,11 +196,17 @@ def study_effects(records: dict[str, list[dict]], variants: dict[str, dict],
             if plain in records:
                 effects += [(f"EMA {v['ema']:g} vs no EMA ({v['start']}, p={v['p']:g})", m,
                              diff(plain, label, m)) for m in ("harmful_score", "task_accuracy")]
+    for label, v in variants.items():
+        base = variant_label(reference, v["p"], v["ema"]) if reference else None
+        if v["start"] in arms and v["start"] != reference and base in records:
+            effects += [(f"{label} vs {base}", m, diff(base, label, m))
+                        for m in ("harmful_score", "task_accuracy")]
     return effects
 
 
 def write_outputs(cfg: ml_collections.ConfigDict, run: RunFolder, results: dict,
-                  records: dict, variants: dict, method: str) -> None:
+                  records: dict, variants: dict, arms: Sequence[str],
+                  curves: dict[str, list[dict]] | None = None) -> None:
     """results.json, records/, plots/, report.md."""
     from research.evaluation.report import plot_metrics
 
@@ -161,6 +217,8 @@ def write_outputs(cfg: ml_collections.ConfigDict, run: RunFolder, results: dict,
     plot_metrics(results, run.path / "plots" / "metrics.png")
     if variants:
         report.plot_by_variant(results, variants, run.path / "plots" / "by_method_and_p.png")
+    if curves:
+        report.plot_drift(curves, results, variants, run.path / "plots" / "drift.png")
     notes = [f"Refusal detection: keyword list version {results['base']['refusal_list_version']}"
              f" ({len(refusal_list())} patterns), greedy decoding, first "
              f"{cfg.eval.max_new_tokens} new tokens (task answers: "
@@ -171,10 +229,15 @@ def write_outputs(cfg: ml_collections.ConfigDict, run: RunFolder, results: dict,
              + cfg.data.task + ". Nothing in a test split is trained on.",
              f"Finetuning mode: {cfg.model.finetune_mode}"
              + (f" (rank {cfg.model.lora_rank}, alpha {cfg.model.lora_alpha})"
-                if cfg.model.finetune_mode == "lora" else "") + "."]
+                if cfg.model.finetune_mode == "lora" else "") + ".",
+             "Alignment arms: " + "; ".join(
+                 f"{arm} = {block.method} {to_plain(block.method_config)}"
+                 for arm, block in alignment_arms(cfg).items()) + "."]
+    reference = cfg.get("reference_arm") or (arms[0] if len(arms) > 1 else None)
     report.write_report(run.path / "report.md", title=cfg.run.title,
                         config_text=cfg.to_json_best_effort(indent=2), results=results,
-                        effects=study_effects(records, variants, method), notes=notes)
+                        effects=study_effects(records, variants, arms, reference),
+                        notes=notes)
 
 
 def main(argv: list[str]) -> None:

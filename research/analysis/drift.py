@@ -162,11 +162,13 @@ def total_with_ci(values: Sequence[float], *, seed: int = 0, n_boot: int = 2000
 def drift_result(point: dict[str, object], *, seed: int = 0) -> dict[str, object]:
     """A curve point as results.json reports it: `sum_sq_total` and `l2_total` (its
     square root, so the CI bounds are the roots of the sum's) with CIs over examples,
-    the per-layer values, the alignment loss and the site."""
+    the per-layer values, the alignment loss, the site, and what a caller added
+    (`format_counts`: rows read, kept and skipped)."""
     sum_sq = total_with_ci(point["sum_sq_per_example"], seed=seed)
     l2 = {k: float(np.sqrt(sum_sq[k])) for k in ("value", "ci_low", "ci_high")}
     return {"site": point["site"], "examples": sum_sq["n"], "tokens": point["tokens"],
             "sum_sq_total": sum_sq, "l2_total": dict(l2, n=sum_sq["n"]),
             "sum_sq_per_layer": point["sum_sq_per_layer"],
             "l2_per_layer": point["l2_per_layer"],
-            "alignment_loss": point["alignment_loss"]}
+            "alignment_loss": point["alignment_loss"],
+            **({"format_counts": point["format_counts"]} if "format_counts" in point else {})}

@@ -1,4 +1,4 @@
-"""The study's report: effect sizes with paired bootstrap CIs, report.md, plots.
+"""The study's report: effect sizes with paired bootstrap CIs, drift, report.md, plots.
 
 An effect compares two evaluated models on the same prompts, so its CI comes from a
 paired bootstrap over those prompts (resampling prompt indices, both models together).
@@ -69,11 +69,44 @@ def compact_table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def _ci(m: dict, fmt: str) -> str:
+    return f"{m['value']:{fmt}} [{m['ci_low']:{fmt}}, {m['ci_high']:{fmt}}]"
+
+
+def drift_table(results: dict[str, dict]) -> list[str]:
+    """The drift section's lines (none if no model has `harmful_drift`)."""
+    rows = [(label, e["harmful_drift"]) for label, e in results.items() if "harmful_drift" in e]
+    if not rows:
+        return []
+    d0 = rows[0][1]
+    counts = d0.get("format_counts") or {}
+    skipped = (f" ({counts['skipped']} of {counts['read']} rows skipped: "
+               f"{counts['reasons']})" if counts.get("skipped") else "")
+    lines = ["## Harmful embedding drift (each fine-tune vs its start)", "",
+             f"Distance between the fine-tuned and the starting model's `{d0['site']}` "
+             f"activations on {d0['examples']} alignment examples{skipped} (harmful "
+             "prompts with refusals), over real tokens: `l2_total` is the L2 norm of the "
+             "stacked difference (the paper's measure), `sum_sq_total` the sum of squared "
+             "norms, i.e. l2_total squared (the reference code's measure); 95% CI: "
+             "percentile bootstrap over the examples. Alignment loss: mean response "
+             "cross-entropy on the same examples.",
+             "", "| model | l2_total [95% CI] | sum_sq_total [95% CI] | l2 per layer | "
+             "alignment loss |", "|---|---|---|---|---|"]
+    for label, d in rows:
+        layers = ", ".join(f"{x:.3g}" for x in d["l2_per_layer"])
+        lines.append(f"| {label} | {_ci(d['l2_total'], '.4g')} | "
+                     f"{_ci(d['sum_sq_total'], '.4g')} | {layers} | "
+                     f"{d['alignment_loss']:.4f} |")
+    return lines + [""]
+
+
 def write_report(path: Path, *, title: str, config_text: str, results: dict[str, dict],
                  effects: Sequence[tuple[str, str, dict]], notes: Sequence[str]) -> Path:
-    """report.md: results table, effects with CIs in plain words, notes, full table."""
+    """report.md: results table, drift (if measured), effects with CIs in plain words,
+    notes, full table."""
     parts = [f"# {title}", "", "## Results (percent, 95% bootstrap CI over prompts)", "",
-             compact_table(results), "", "## Effects (paired bootstrap over the same prompts)",
+             compact_table(results), "", *drift_table(results),
+             "## Effects (paired bootstrap over the same prompts)",
              "", *[effect_sentence(n, m, d) for n, m, d in effects], "", "## Notes", "",
              *[f"- {n}" for n in notes], "", "## All metrics (incl. per-source breakdowns)",
              "", format_table(results), "", "## Config", "", "```", config_text, "```", ""]
@@ -100,17 +133,60 @@ def plot_by_variant(results: dict[str, dict], variants: dict[str, dict], path: P
                   if is_metric(results[label].get(metric))]
             if not ms:
                 continue
-            ys = np.array([m["value"] for m in ms])
-            err = np.array([[m["value"] - m["ci_low"] for m in ms],
-                            [m["ci_high"] - m["value"] for m in ms]])
-            ax.errorbar(ps, ys, yerr=err, marker="o", capsize=3, label=group)
+            _errorbars(ax, ps, ms, group)
         ax.set_xlabel("harmful fraction p of the user's data")
         ax.set_ylabel(f"{metric} (%)")
         ax.set_ylim(-2, 102)
         ax.set_title(metric)
     axes[0].legend(fontsize=7)
+    return _save(fig, path)
+
+
+def _errorbars(ax, xs: Sequence[float], metrics: Sequence[dict], label: str) -> None:
+    """Metric values against `xs` with their 95% CIs as error bars."""
+    err = np.array([[m["value"] - m["ci_low"] for m in metrics],
+                    [m["ci_high"] - m["value"] for m in metrics]])
+    ax.errorbar(xs, [m["value"] for m in metrics], yerr=err, marker="o", capsize=3,
+                label=label)
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def plot_drift(curves: dict[str, list[dict]], results: dict[str, dict],
+               variants: dict[str, dict], path: Path) -> Path:
+    """Drift (l2_total) and alignment loss against stage-2 steps, one line per
+    fine-tune, and the final drift against p per group with its 95% CI."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    for label, points in curves.items():
+        steps = [q["step"] for q in points]
+        axes[0].plot(steps, [q["l2_total"] for q in points], marker=".", label=label)
+        axes[1].plot(steps, [q["alignment_loss"] for q in points], marker=".", label=label)
+    groups: dict[str, list[tuple[float, dict]]] = {}
+    for label, v in variants.items():
+        if "harmful_drift" in results.get(label, {}):
+            groups.setdefault(v["group"], []).append((v["p"], results[label]["harmful_drift"]))
+    for group, members in sorted(groups.items()):
+        members.sort(key=lambda m: m[0])
+        _errorbars(axes[2], [p for p, _ in members], [d["l2_total"] for _, d in members],
+                   group)
+    for ax, (x, y) in zip(axes, (("stage-2 step", "drift l2_total"),
+                                 ("stage-2 step", "alignment loss"),
+                                 ("harmful fraction p of the user's data",
+                                  "final drift l2_total"))):
+        ax.set_xlabel(x)
+        ax.set_ylabel(y)
+        ax.legend(fontsize=6)
+    return _save(fig, path)

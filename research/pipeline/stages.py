@@ -115,12 +115,15 @@ def curve_line(point: dict) -> dict:
 
 def stage_drift_curve(stage_cfg: ml_collections.ConfigDict, drift_rows: Sequence[Row],
                       tokenizer: Any, graphdef: nnx.GraphDef, start: nnx.State,
-                      frozen: nnx.State) -> Callable[[nnx.State], dict]:
-    """`make_drift_curve` on the drift rows, formatted like the stage's training rows."""
-    examples, _ = format_examples(tokenizer, drift_rows, max_length=int(stage_cfg.max_length))
+                      frozen: nnx.State) -> tuple[Callable[[nnx.State], dict], dict]:
+    """`make_drift_curve` on the drift rows, formatted like the stage's training rows
+    (with the format counts: rows too long for `max_length` are skipped, and said so)."""
+    examples, counts = format_examples(tokenizer, drift_rows,
+                                       max_length=int(stage_cfg.max_length))
     batches = drift_batches(examples, int(stage_cfg.drift.batch_size),
                             int(tokenizer.pad_token_id), tuple(stage_cfg.buckets))
-    return make_drift_curve(graphdef, frozen, start, batches, site=str(stage_cfg.drift.site))
+    curve = make_drift_curve(graphdef, frozen, start, batches, site=str(stage_cfg.drift.site))
+    return curve, counts.to_dict()
 
 
 def train_stage(*, label: str, source: str, source_key: str, rows: Sequence[Row],
@@ -159,8 +162,8 @@ def train_stage(*, label: str, source: str, source_key: str, rows: Sequence[Row]
                       accum_steps=int(stage_cfg.accum_steps),
                       clip_norm=float(stage_cfg.clip_norm))
     # built before training: the start's activations are the drift's reference
-    curve = (stage_drift_curve(stage_cfg, drift_rows, tokenizer, graphdef, trainable, frozen)
-             if drift_rows else None)
+    curve, drift_counts = (stage_drift_curve(stage_cfg, drift_rows, tokenizer, graphdef,
+                                             trainable, frozen) if drift_rows else (None, {}))
     hooks = [] if curve is None else [CurveRecorder(
         lambda s: curve_line(curve(s.params)), entry / "drift.jsonl",
         every=int(stage_cfg.drift.every), last_step=num_steps)]
@@ -185,7 +188,7 @@ def train_stage(*, label: str, source: str, source_key: str, rows: Sequence[Row]
                "exported_ema_average": use_ema,
                "train_seconds": round(time.perf_counter() - start, 1), "cache_hit": False}
     if curve is not None:  # the exported model (the EMA average in track mode)
-        summary["drift"] = curve(params)
+        summary["drift"] = dict(curve(params), format_counts=drift_counts)
     (entry / "stage.json").write_text(json.dumps(
         {"key": key, "complete": True, "config": to_plain(stage_cfg),
          "model": to_plain(model_cfg), "source_key": source_key, "summary": summary},
