@@ -23,11 +23,9 @@ from typing import Any, Callable, Sequence
 import ml_collections
 import numpy as np
 
-from experiments.harmful_finetuning import Clock, finetune_block
 from research.data.chat import format_examples
 from research.data.generated import model_generate_fn
 from research.data.rows import Row
-from research.evaluation.refusal import refusal_list
 from research.evaluation.report import format_table, plot_metrics, write_results
 from research.models.loading import load_pretrained
 from research.outliers import report as outlier_report
@@ -38,7 +36,8 @@ from research.pipeline import data as study_data
 from research.pipeline import outlier_data, report
 from research.pipeline.hashing import config_hash
 from research.pipeline.runs import RunFolder
-from research.pipeline.scripts import align_stage, open_run, run_config_script
+from research.pipeline.scripts import (align_stage, base_and_data, finetune_block,
+                                       run_config_script, start_run)
 from research.pipeline.stages import base_model_key, evaluate_stage, link, lora_config, train_stage
 from research.training.state import split_model
 
@@ -128,10 +127,8 @@ def score_and_select(cfg: ml_collections.ConfigDict, run: RunFolder, *, source: 
 def run_study(cfg: ml_collections.ConfigDict, *, resume: bool = False, progress: bool = True,
               generate_fn: Callable | None = None) -> Path:
     """Data, stage 1, scoring and selection, stage 2 per arm, stage 3; the run folder."""
-    clock, run, cache = Clock(), open_run(cfg, resume), Path(cfg.run.cache_dir)
+    clock, run, cache = start_run(cfg, resume)
     base_source = str(cfg.model.source)
-    clock.say(f"run folder {run.path}; building data with {base_source} (base-model "
-              "answers are generated once and cached)")
     data, pool, harmful = build_data(cfg, cache, generate_fn)
     base_key = base_model_key(base_source, cfg.model)
     run.write_json("data_counts.json", data["counts"])
@@ -178,11 +175,8 @@ def build_data(cfg: ml_collections.ConfigDict, cache: Path, generate_fn: Callabl
                ) -> tuple[dict[str, Any], list[Row], list[Row]]:
     """The main study's data (same alignment rows), the answered benign pool and the
     harmful rows; counts in data["counts"]."""
-    source = str(cfg.model.source)
-    model, tokenizer = load_pretrained(source, dtype=cfg.model.dtype)
-    model_id, generated = base_model_key(source, cfg.model), str(cache / "generated")
-    data = study_data.build_study_data(cfg, model, tokenizer, model_id, cache_dir=generated,
-                                       generate_fn=generate_fn)
+    model, tokenizer, model_id, data = base_and_data(cfg, cache, generate_fn)
+    generated = str(cache / "generated")
     generate = study_data.with_progress(generate_fn or model_generate_fn(model, tokenizer))
     pool = outlier_data.benign_pool(cfg, data, model_id, generate, cache_dir=generated,
                                     counts=data["counts"])
@@ -268,9 +262,8 @@ def report_lines(cfg: ml_collections.ConfigDict, results: dict, labels: dict[str
         "`selected/*.jsonl`; the whole pool: `pool_scores.jsonl`.", "",
         "![answer lengths and scores](plots/selection.png)", "",
         "## Notes", "",
-        f"- Refusal detection: keyword list version "
-        f"{results[labels['aligned']]['refusal_list_version']} ({len(refusal_list())} "
-        f"patterns), greedy decoding, first {cfg.eval.max_new_tokens} new tokens.",
+        "- " + report.refusal_detection(results[labels["aligned"]]["refusal_list_version"])
+        + f", greedy decoding, first {cfg.eval.max_new_tokens} new tokens.",
         f"- Harmful prompts: test split of {cfg.data.harmful_sources}; over-refusal: test "
         f"split of {cfg.eval.benign_sources}; task: test split of {cfg.data.task}. "
         "Nothing in a test split is trained on or selected from.",

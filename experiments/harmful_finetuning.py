@@ -20,48 +20,22 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import ml_collections
-from absl import app, flags
-from ml_collections import config_flags
 
 from research.analysis.drift import drift_result
 from research.data.rows import Row
-from research.evaluation.refusal import refusal_list
-from research.models.loading import load_pretrained
 from research.pipeline import data as study_data
 from research.pipeline import report
 from research.pipeline.hashing import to_plain
-from research.pipeline.runs import RunFolder, default_run_name
-from research.pipeline.stages import (base_model_key, drift_enabled, evaluate_stage, link,
-                                      train_stage)
+from research.pipeline.runs import RunFolder
+from research.pipeline.scripts import (align_stage, base_and_data, finetune_block,
+                                       run_config_script, start_run)
+from research.pipeline.stages import drift_enabled, evaluate_stage, link, train_stage
 
 log = logging.getLogger("experiments.harmful_finetuning")
-
-
-class Clock:
-    """Elapsed-time progress lines (stages in between show their own bars)."""
-
-    def __init__(self) -> None:
-        self.start = time.perf_counter()
-
-    def say(self, message: str) -> None:
-        print(f"[{time.perf_counter() - self.start:7.1f}s] {message}", flush=True)
-
-
-def finetune_block(cfg: ml_collections.ConfigDict, p: float,
-                   ema_beta: float) -> ml_collections.ConfigDict:
-    """The stage-2 config of one grid cell (grid fields removed so cache keys depend
-    only on what trains this cell)."""
-    block = ml_collections.ConfigDict(cfg.finetune.to_dict())
-    for grid_field in ("p_values", "starts", "ema_betas", "n"):
-        del block[grid_field]
-    block.n, block.p = int(cfg.finetune.n), float(p)
-    block.optimizer.ema_beta = float(ema_beta)
-    return block
 
 
 def variant_label(start: str, p: float, beta: float) -> str:
@@ -94,18 +68,9 @@ def drift_rows(cfg: ml_collections.ConfigDict, data: dict[str, Any]) -> list[Row
 def run_study(cfg: ml_collections.ConfigDict, *, resume: bool = False, progress: bool = True,
               generate_fn: Callable | None = None) -> Path:
     """Run all stages and write the run folder; returns its path."""
-    clock = Clock()
-    run = RunFolder(cfg.run.root, cfg.run.experiment, cfg.run.name or default_run_name(),
-                    cfg, resume=resume)
-    cache = Path(cfg.run.cache_dir)
-    clock.say(f"run folder {run.path}; loading {cfg.model.source}")
+    clock, run, cache = start_run(cfg, resume)
     base_source = str(cfg.model.source)
-    base_model, tokenizer = load_pretrained(base_source, dtype=cfg.model.dtype)
-    base_key = base_model_key(base_source, cfg.model)
-    clock.say("building data (base-model answers are generated once and cached)")
-    data = study_data.build_study_data(cfg, base_model, tokenizer, base_key,
-                                       cache_dir=str(cache / "generated"),
-                                       generate_fn=generate_fn)
+    base_model, tokenizer, base_key, data = base_and_data(cfg, cache, generate_fn)
     run.write_json("data_counts.json", data["counts"])
     run.log({"event": "data", "align_rows": len(data["align_rows"]),
              "user_harmful_pool": len(data["user_harmful"]),
@@ -131,12 +96,9 @@ def run_study(cfg: ml_collections.ConfigDict, *, resume: bool = False, progress:
     arms = alignment_arms(cfg)
     for arm, block in arms.items():
         clock.say(f"stage 1: align {arm} ({block.method}) on {len(data['align_rows'])} rows")
-        key, entry, summary = train_stage(label=f"align_{arm}", source=base_source,
-                                          source_key=base_key, rows=data["align_rows"],
-                                          stage_cfg=block, model_cfg=cfg.model,
-                                          cache_root=cache, resume=resume, progress=progress)
-        link(run.checkpoint(f"align_{arm}"), entry)
-        run.log({"event": "stage", "stage": f"align_{arm}", "key": key, **summary})
+        key, entry, _ = align_stage(cfg, run, base_source=base_source, base_key=base_key,
+                                    rows=data["align_rows"], cache=cache, resume=resume,
+                                    progress=progress, arm=arm, block=block)
         sources[arm] = (str(entry), key)
         evaluate(arm, str(entry), key)
     starts = [s for start in cfg.finetune.starts
@@ -219,9 +181,8 @@ def write_outputs(cfg: ml_collections.ConfigDict, run: RunFolder, results: dict,
         report.plot_by_variant(results, variants, run.path / "plots" / "by_method_and_p.png")
     if curves:
         report.plot_drift(curves, results, variants, run.path / "plots" / "drift.png")
-    notes = [f"Refusal detection: keyword list version {results['base']['refusal_list_version']}"
-             f" ({len(refusal_list())} patterns), greedy decoding, first "
-             f"{cfg.eval.max_new_tokens} new tokens (task answers: "
+    notes = [report.refusal_detection(results["base"]["refusal_list_version"])
+             + f", greedy decoding, first {cfg.eval.max_new_tokens} new tokens (task answers: "
              f"{cfg.eval.task_max_new_tokens}).",
              "Harmful prompts: test split of " + cfg.data.harmful_sources
              + "; benign (over-refusal) prompts: test split of " + cfg.eval.benign_sources
@@ -240,14 +201,5 @@ def write_outputs(cfg: ml_collections.ConfigDict, run: RunFolder, results: dict,
                         notes=notes)
 
 
-def main(argv: list[str]) -> None:
-    del argv
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    run_study(flags.FLAGS.config, resume=flags.FLAGS.resume)
-
-
 if __name__ == "__main__":
-    # Flags are defined only when run as a script, so both studies can be imported.
-    config_flags.DEFINE_config_file("config", "configs/demo.py", "study config file")
-    flags.DEFINE_bool("resume", False, "continue an existing run folder / stage")
-    app.run(main)
+    run_config_script(run_study, "configs/demo.py")

@@ -24,9 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from experiments.ping import model_sources, sample_rows
 from research.analysis import logits as L
 from research.analysis import probes as P
+from research.pipeline.inputs import model_sources, sample_rows
 
 
 def lens_refusal_by_layer(model: Any, tokenizer: Any, prompts: Sequence[str],

@@ -11,22 +11,17 @@ cached like the main study's stages.
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import Callable
 
 import ml_collections
-from absl import app, flags
-from ml_collections import config_flags
 
-from experiments.harmful_finetuning import Clock, finetune_block
 from research.evaluation.report import format_table
-from research.models.loading import load_pretrained
 from research.pipeline import data as study_data
 from research.pipeline import sweep
-from research.pipeline.runs import RunFolder, default_run_name
-from research.pipeline.stages import base_model_key, evaluate_stage, link, train_stage
-
+from research.pipeline.scripts import (align_stage, base_and_data, finetune_block,
+                                       run_config_script, start_run)
+from research.pipeline.stages import evaluate_stage, train_stage
 
 
 def cell_block(cfg: ml_collections.ConfigDict, cell: dict) -> ml_collections.ConfigDict:
@@ -39,24 +34,13 @@ def cell_block(cfg: ml_collections.ConfigDict, cell: dict) -> ml_collections.Con
 
 def run_sweep(cfg: ml_collections.ConfigDict, *, resume: bool = False,
               progress: bool = True, generate_fn: Callable | None = None) -> Path:
-    clock = Clock()
-    run = RunFolder(cfg.run.root, cfg.run.experiment, cfg.run.name or default_run_name(),
-                    cfg, resume=resume)
-    cache = Path(cfg.run.cache_dir)
-    source = str(cfg.model.source)
-    model, tokenizer = load_pretrained(source, dtype=cfg.model.dtype)
-    base_key = base_model_key(source, cfg.model)
-    data = study_data.build_study_data(cfg, model, tokenizer, base_key,
-                                       cache_dir=str(cache / "generated"),
-                                       generate_fn=generate_fn)
-    del model
+    clock, run, cache = start_run(cfg, resume)
+    base_key, data = base_and_data(cfg, cache, generate_fn)[2:]  # the model is not kept
     method = str(cfg.align.method)
     clock.say(f"stage 1: align with {method}")
-    key, entry, _ = train_stage(label=f"align_{method}", source=source, source_key=base_key,
-                                rows=data["align_rows"], stage_cfg=cfg.align,
-                                model_cfg=cfg.model, cache_root=cache, resume=resume,
-                                progress=progress)
-    link(run.checkpoint(f"align_{method}"), entry)
+    key, entry, _ = align_stage(cfg, run, base_source=str(cfg.model.source),
+                                base_key=base_key, rows=data["align_rows"], cache=cache,
+                                resume=resume, progress=progress)
     rows = study_data.user_rows(cfg, data, cfg.sweep.p)
     results, cells = {}, []
     for cell in sweep.grid(cfg.sweep):
@@ -98,14 +82,5 @@ def run_sweep(cfg: ml_collections.ConfigDict, *, resume: bool = False,
     return run.path
 
 
-def main(argv: list[str]) -> None:
-    del argv
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    run_sweep(flags.FLAGS.config, resume=flags.FLAGS.resume)
-
-
 if __name__ == "__main__":
-    # Flags are defined only when run as a script, so both studies can be imported.
-    config_flags.DEFINE_config_file("config", "configs/optimization_sweep.py", "sweep config file")
-    flags.DEFINE_bool("resume", False, "continue an existing run folder / stage")
-    app.run(main)
+    run_config_script(run_sweep, "configs/optimization_sweep.py")

@@ -19,53 +19,16 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
-import numpy as np
-
-from research.data.rows import Row
-from research.data.sources import TASK_ANSWER_TYPES, TASK_LABELS, load_source
-from research.data.splits import select_split
+from research.data.sources import TASK_ANSWER_TYPES, TASK_LABELS
 from research.evaluation.pipeline import EvalSettings, PromptSet, evaluate
 from research.evaluation.refusal import refusal_list
 from research.evaluation.report import format_table, plot_metrics, write_results
+from research.pipeline.inputs import model_sources, sample_rows
 
 
 # --------------------------------------------------------------------------- inputs
-def model_sources(specs: Sequence[str], run: str | None) -> dict[str, str]:
-    """label -> source from `label=source` specs and a run folder's checkpoints/*."""
-    out: dict[str, str] = {}
-    if run:
-        folder = Path(run) / "checkpoints"
-        if not folder.is_dir():
-            raise FileNotFoundError(f"{folder}: no checkpoints folder in run {run}")
-        for stage in sorted(p for p in folder.iterdir() if p.is_dir()):
-            out[stage.name] = str(stage)
-    for spec in specs:
-        label, sep, source = spec.partition("=")
-        if not sep:
-            label, source = Path(spec).name or spec, spec
-        out[label] = source
-    if not out:
-        raise ValueError("give at least one --model LABEL=SOURCE or --run FOLDER")
-    return out
-
-
-def sample_rows(names: str, split: str, n: int, seed: int, **kwargs: Any) -> list[Row]:
-    """Up to n rows of the named sources' split, interleaved so every source shows."""
-    pools = []
-    for name in [s.strip() for s in names.split(",") if s.strip()]:
-        extra = {"max_chars": 1000} if name == "writingbench" else {}
-        rows, _ = load_source(name, **extra, **kwargs)
-        key = "response" if name == "refusals" else "prompt"
-        rows = select_split(rows, split, key=key)
-        pools.append([rows[i] for i in np.random.default_rng(seed).permutation(len(rows))])
-    mixed = [r for group in zip(*pools) for r in group] if pools else []
-    used = {r.uid for r in mixed}
-    mixed += [r for pool in pools for r in pool if r.uid not in used]
-    return mixed[:n]
-
-
 def prompt_sets(args: argparse.Namespace, split: str) -> list[PromptSet]:
     sets = [PromptSet("harmful", "harmful", sample_rows(args.harmful, split, args.n_harmful,
                                                         args.seed)),

@@ -16,6 +16,7 @@ from research.data.rows import DataError
 from research.data.sources import load_source
 from research.data.splits import select_split
 from research.evaluation.pipeline import PromptSet
+from research.evaluation.refusal import refusal_list
 from research.outliers.report import verdict
 from research.outliers.selection import is_trivial
 from research.pipeline import outlier_data
@@ -144,6 +145,9 @@ def test_report_states_the_verdict_and_lengths(studies):
         assert f"| {arm} |" in text
     assert "self_inf_n vs random" in text and "95% CI" in text
     assert "plots/selection.png" in text
+    listed = refusal_list()
+    assert (f"keyword list version refusal-v1 ({len(listed['phrases'])} phrases and "
+            f"{len(listed['patterns'])} patterns)") in text
 
 
 def test_second_run_reuses_every_cached_step(studies):

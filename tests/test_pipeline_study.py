@@ -11,6 +11,7 @@ import pytest
 
 from experiments.harmful_finetuning import run_study
 from experiments.optimization_sweep import run_sweep
+from research.evaluation.refusal import refusal_list
 from research.models import load_pretrained
 from research.pipeline.runs import RunFolderExistsError
 from tests.pipeline_fixtures import save_tiny_model, tiny_study_config
@@ -42,6 +43,9 @@ def test_run_folder_is_complete(study):
     report = (path / "report.md").read_text()
     assert "| sft+ft(p=0.25, ema=0.9) |" in report and "95% CI" in report
     assert "EMA 0.9 vs no EMA" in report and "significant" in report.lower()
+    listed = refusal_list()  # the notes count the list's phrases and patterns
+    assert (f"keyword list version refusal-v1 ({len(listed['phrases'])} phrases and "
+            f"{len(listed['patterns'])} patterns)") in report
     events = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
     assert [e["stage"] for e in events if e["event"] == "stage"] == [
         "align_sft", "ft_sft_p0.25_ema0", "ft_sft_p0.25_ema0.9"]
@@ -117,3 +121,6 @@ def test_sweep_on_the_tiny_model(study):
     # stage 1 came from the study's cache: same key, no second alignment
     assert (path / "checkpoints" / "align_sft").resolve() == \
         (study[1] / "checkpoints" / "align_sft").resolve()
+    events = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
+    align = [e for e in events if e["event"] == "stage"]
+    assert [e["stage"] for e in align] == ["align_sft"] and align[0]["cache_hit"]

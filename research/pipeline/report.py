@@ -12,6 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
+from research.evaluation.refusal import refusal_list
 from research.evaluation.report import format_table, is_metric
 
 HEADLINE = ("harmful_score", "refusal_rate", "over_refusal_rate", "task_accuracy")
@@ -53,6 +54,14 @@ def effect_sentence(name: str, metric: str, d: dict) -> str:
                "NOT significant at this size (the 95% CI includes 0)")
     return (f"- {name}: {metric} changes by {d['value']:+.1f} points "
             f"(95% CI [{d['ci_low']:+.1f}, {d['ci_high']:+.1f}], n = {d['n']}); {verdict}.")
+
+
+def refusal_detection(version: str) -> str:
+    """How refusals were detected, for a report's notes: the list version the results
+    cite and how many phrases and patterns the list holds."""
+    listed = refusal_list()
+    return (f"Refusal detection: keyword list version {version} "
+            f"({len(listed['phrases'])} phrases and {len(listed['patterns'])} patterns)")
 
 
 def compact_table(results: dict[str, dict]) -> str:
