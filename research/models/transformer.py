@@ -212,7 +212,13 @@ class Decoder(nnx.Module):
         lora = self.lora_config if (self.lora_config is not None and lora_enabled) else None
         x = self.embed.get_value()[tokens].astype(dtype)
 
+        N = B * T
+        site_deltas_2d = {name: d.reshape(L, N, D) for name, d in deltas.items()}
+
         def block(x, xs):
+            # x is [B*T, D]: every projection is a plain 2-D matmul, whose weight gradient
+            # XLA:CPU computes without transposing the activations (with [B, T, D] inputs
+            # it materialised a slow strided transpose per projection in the backward pass).
             p, site_deltas, layer_cache = xs
             captured = {}
 
@@ -220,7 +226,7 @@ class Decoder(nnx.Module):
                 if name in site_deltas:
                     value = value + site_deltas[name].astype(value.dtype)
                 if name in capture:
-                    captured[name] = value
+                    captured[name] = value.reshape(B, T, D)
                 return value
 
             def proj(h, name):
@@ -245,7 +251,7 @@ class Decoder(nnx.Module):
             else:
                 new_cache = None
             attn = grouped_attention(q, k.astype(dtype), v.astype(dtype), mask)
-            attn = site("attn_out", proj(attn.reshape(B, T, -1), "o"))
+            attn = site("attn_out", proj(attn.reshape(N, -1), "o"))
             x = x + attn
             h = rms_norm(x, p["mlp_norm"], cfg.rms_norm_eps)
             mlp = proj(jax.nn.silu(proj(h, "gate")) * proj(h, "up"), "down")
@@ -256,7 +262,9 @@ class Decoder(nnx.Module):
         if remat:
             block = jax.checkpoint(block)
         layer_cache = None if cache is None else (cache.k, cache.v)
-        x, (captured, new_kv) = jax.lax.scan(block, x, (layer_params, deltas, layer_cache))
+        x, (captured, new_kv) = jax.lax.scan(
+            block, x.reshape(N, D), (layer_params, site_deltas_2d, layer_cache))
+        x = x.reshape(B, T, D)
 
         new_cache = None
         if cache is not None:
