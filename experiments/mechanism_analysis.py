@@ -179,7 +179,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--prefix")
     p.add_argument("--prefix-file", help="e.g. prefix.txt of an experiments.ping run")
     p.add_argument("--harmful", default="advbench")
-    p.add_argument("--benign", default="everyday,freshqa")
+    p.add_argument("--benign", default="persistbench,freshqa")
     p.add_argument("--n", type=int, default=32, help="prompts per class")
     p.add_argument("--split", default="test")
     p.add_argument("--probe-steps", type=int, default=300)

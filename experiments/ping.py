@@ -58,7 +58,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--candidates", type=int, default=6)
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--harmful", default="advbench")
-    p.add_argument("--benign", default="everyday,freshqa")
+    p.add_argument("--benign", default="persistbench,freshqa")
     p.add_argument("--task", default="arithmetic", help="verifiable task suite ('' for none)")
     p.add_argument("--n-harmful", type=int, default=32)
     p.add_argument("--n-benign", type=int, default=32)

@@ -12,6 +12,7 @@ import numpy as np
 from research.data.rows import Row
 from research.data.sources import load_source
 from research.data.splits import select_split
+from research.pipeline.data import LENGTH_CAPPED
 
 
 def model_sources(specs: Sequence[str], run: str | None) -> dict[str, str]:
@@ -37,7 +38,7 @@ def sample_rows(names: str, split: str, n: int, seed: int, **kwargs: Any) -> lis
     """Up to n rows of the named sources' split, interleaved so every source shows."""
     pools = []
     for name in [s.strip() for s in names.split(",") if s.strip()]:
-        extra = {"max_chars": 1000} if name == "writingbench" else {}
+        extra = {"max_chars": 1000} if name in LENGTH_CAPPED else {}
         rows, _ = load_source(name, **extra, **kwargs)
         key = "response" if name == "refusals" else "prompt"
         rows = select_split(rows, split, key=key)
