@@ -33,18 +33,20 @@ def get_config() -> ml_collections.ConfigDict:
         experiment="harmful_finetuning", name="", root="runs", cache_dir="runs/cache",
         title="Harmful fine-tuning study"))
     cfg.model = ml_collections.ConfigDict(dict(
-        source="smollm2-135m-instruct", dtype="float32", finetune_mode="lora",
+        source="smollm2-135m-instruct", dtype="float32", finetune_mode="full",
         lora_rank=8, lora_alpha=16.0, lora_targets=LORA_TARGETS))
     cfg.data = ml_collections.ConfigDict(dict(
         harmful_sources="advbench,donotanswer",
         benign_sources="twins,persistbench,everyday,freshqa,writingbench",
         benign_max_chars=300,
         task="sentiment", n_align_harmful=300, n_user_harmful=120,
-        n_align_benign_prompts=360, min_benign_ratio=1.0, harmful_temperature=0.7, seed=0,
+        n_align_benign_prompts=480, min_benign_ratio=1.0, harmful_temperature=0.7, seed=0,
         generation=ml_collections.ConfigDict(dict(max_new_tokens=64, batch_size=16, seed=0,
                                                       temperature=0.0))))
-    cfg.align = train_block(method="sft", lr=1e-3, epochs=2)
-    cfg.finetune = train_block(method="sft", lr=1e-4, epochs=2)
+    # Full fine-tuning at lr 3e-5 for both stages (the reference); LoRA with
+    # `model.finetune_mode="lora"` needs a higher lr (about 1e-3 aligned on the demo).
+    cfg.align = train_block(method="sft", lr=3e-5, epochs=2)
+    cfg.finetune = train_block(method="sft", lr=3e-5, epochs=2)
     cfg.finetune.n = 200
     cfg.finetune.p_values = (0.0, 0.05, 0.1, 0.2)
     cfg.finetune.starts = ("base", "aligned")

@@ -1,5 +1,14 @@
 """`make demo`: non-aligned base and SFT-aligned embedded model, each fine-tuned on a
-harmful mix (p = 0.1) with and without parameter EMA; sized for <= 20 min on 2 CPU cores."""
+harmful mix (p = 0.1) with and without parameter EMA; sized for <= 20 min on 2 CPU cores.
+
+Full fine-tuning at lr 3e-5 (the issue's reference setting). Stage 1 aligns on 200
+harmful prompts with varied refusals and 320 benign requests with the base model's
+answers, an equal share from benign twins (the harmful requests' frames with benign
+content), PersistBench everyday requests, the project's everyday requests, FreshQA and
+WritingBench (train splits). Chosen on held-out test splits while tuning the data (LoRA
+r=8 at lr 1e-3 with fewer benign rows refused 92.5% and over-refused 20%; see
+README); it was never tuned on reserved evaluation data.
+"""
 
 from configs import base
 
@@ -8,15 +17,16 @@ def get_config():
     cfg = base.get_config()
     cfg.run.experiment = "demo"
     cfg.run.title = "Demo: SFT alignment, then a harmful user fine-tune, with and without EMA"
+    cfg.model.finetune_mode = "full"
     d = cfg.data
-    d.n_align_harmful, d.n_user_harmful, d.n_align_benign_prompts = 96, 24, 112
+    d.n_align_harmful, d.n_user_harmful, d.n_align_benign_prompts = 200, 24, 320
     d.generation.max_new_tokens = 48
     cfg.align.epochs, cfg.align.max_length = 2, 80
     cfg.align.buckets = (48, 64, 80)
-    cfg.align.optimizer.lr = 1e-3
+    cfg.align.optimizer.lr = 3e-5
     f = cfg.finetune
     f.n, f.p_values, f.epochs, f.max_length, f.buckets = 64, (0.1,), 2, 80, (48, 64, 80)
-    f.optimizer.lr = 5e-4
-    cfg.eval.n_harmful, cfg.eval.n_benign, cfg.eval.n_task = 40, 40, 32
+    f.optimizer.lr = 3e-5
+    cfg.eval.n_harmful, cfg.eval.n_benign, cfg.eval.n_task = 40, 60, 32
     cfg.eval.max_new_tokens, cfg.eval.batch_size = 24, 20
     return cfg

@@ -26,7 +26,7 @@ def tiny_study_config(model_folder: Path, root: Path, name: str = "t1"
     cfg = base.get_config()
     cfg.run.update(root=str(root / "runs"), cache_dir=str(root / "cache"), name=name,
                    experiment="tiny")
-    cfg.model.update(source=str(model_folder), lora_rank=2)
+    cfg.model.update(source=str(model_folder), lora_rank=2, finetune_mode="lora")
     cfg.data.update(n_align_harmful=6, n_user_harmful=4, n_align_benign_prompts=12)
     # a random model's greedy answer is blank; sampling gives non-empty text to train on
     cfg.data.generation.update(max_new_tokens=4, batch_size=8, temperature=1.0)
