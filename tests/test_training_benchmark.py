@@ -41,7 +41,8 @@ def test_hidden_loss_path_equals_the_logits_loss(tied):
     batch = {k: jnp.asarray(v) for k, v in make_tiny_batch(rows=4).items()}
 
     def reference(p):
-        out = nnx.merge(graphdef, p, frozen)(batch["tokens"], attention_mask=batch["attention_mask"])
+        model = nnx.merge(graphdef, p, frozen)
+        out = model(batch["tokens"], attention_mask=batch["attention_mask"])
         total = masked_nll_sum(out.logits, batch)
         return total.loss_sum, {"tokens": total.tokens}
 
