@@ -74,19 +74,33 @@ def accumulate_gradients(grad_fn: GradFn, params: nnx.State, frozen: nnx.State,
     return grads, stats
 
 
-def clip_by_global_norm(grads: Any, max_norm: float | None) -> tuple[Any, jax.Array]:
-    """Scale gradients so their global L2 norm is at most `max_norm`; return the raw norm."""
+def clip_by_global_norm(grads: Any, max_norm: float | None,
+                        grad_scale: jax.Array | None = None) -> tuple[Any, jax.Array]:
+    """Scale gradients so their global L2 norm is at most `max_norm`; return the raw norm.
+
+    `grad_scale` (a scalar) is applied first, folded into the one clipping multiply: the
+    step passes summed gradients and 1/token count, so the mean gradient is never
+    materialised as a separate array (a full pass over the parameters' size).
+    """
     norm = optax.global_norm(grads)
-    if max_norm is None or max_norm <= 0:
+    factor = None
+    if grad_scale is not None:
+        norm = norm * grad_scale
+        factor = grad_scale
+    if max_norm is not None and max_norm > 0:
+        clip = jnp.minimum(1.0, max_norm / jnp.maximum(norm, 1e-30))
+        factor = clip if factor is None else factor * clip
+    if factor is None:
         return grads, norm
-    scale = jnp.minimum(1.0, max_norm / jnp.maximum(norm, 1e-30))
-    return jax.tree.map(lambda g: g * scale.astype(g.dtype), grads), norm
+    return jax.tree.map(lambda g: g * factor.astype(g.dtype), grads), norm
 
 
 def apply_gradients(state: TrainState, grads: Any, optimizer: optax.GradientTransformation,
-                    clip_norm: float | None, rng: jax.Array) -> tuple[TrainState, jax.Array]:
-    """Clip, run the optimiser, apply the update; returns the new state and the grad norm."""
-    grads, grad_norm = clip_by_global_norm(grads, clip_norm)
+                    clip_norm: float | None, rng: jax.Array,
+                    grad_scale: jax.Array | None = None) -> tuple[TrainState, jax.Array]:
+    """Clip, run the optimiser, apply the update; returns the new state and the grad norm
+    (of `grads * grad_scale`, before clipping)."""
+    grads, grad_norm = clip_by_global_norm(grads, clip_norm, grad_scale)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     return TrainState(state.step + 1, params, opt_state, rng), grad_norm
@@ -117,9 +131,8 @@ def make_train_step(
         grads_sum, stats = accumulate_gradients(grad_fn, state.params, frozen, batch, key,
                                                 accum_steps)
         count = jnp.maximum(stats["tokens"], 1.0)
-        grads = jax.tree.map(lambda g: g / count.astype(g.dtype), grads_sum)
-        new_state, grad_norm = apply_gradients(state, grads, optimizer, clip_norm,
-                                               jax.random.key_data(rng))
+        new_state, grad_norm = apply_gradients(state, grads_sum, optimizer, clip_norm,
+                                               jax.random.key_data(rng), grad_scale=1.0 / count)
         loss = stats["loss_sum"] / count
         metrics = {
             "loss": loss,
