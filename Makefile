@@ -17,7 +17,8 @@ $(STAMP): setup.py Makefile
 install: $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	# two workers: most tests are bound by single-threaded XLA compilation
+	$(PY) -m pytest -q -n 2 tests
 
 demo: $(STAMP)
 	$(PY) -m experiments.harmful_finetuning --config configs/demo.py

@@ -28,7 +28,7 @@ setup(
         "huggingface_hub",
     ],
     extras_require={
-        "dev": ["pytest", "nbclient", "nbformat", "ipykernel", "scikit-learn"],
+        "dev": ["pytest", "pytest-xdist", "nbclient", "nbformat", "ipykernel", "scikit-learn"],
         "reference": ["torch==2.13.0", "transformers>=5.0", "accelerate"],
     },
 )
