@@ -65,6 +65,24 @@ def test_interrupt_and_resume_gives_the_uninterrupted_result(setup, tmp_path):
     ckpt.close()
 
 
+def test_resume_before_the_first_checkpoint_starts_over_and_drops_the_partial_log(setup,
+                                                                                 tmp_path):
+    ckpt = Checkpointer(tmp_path / "ckpt", save_every=100)  # killed before any save
+    step, state, frozen = _fresh(setup)
+    with pytest.raises(KeyboardInterrupt):
+        train(step, state, frozen, ListIterator(BATCHES, fail_after=3), num_steps=STEPS,
+              metrics_path=tmp_path / "metrics.jsonl", checkpointer=ckpt, progress=False)
+    assert ckpt.latest_step() is None and (tmp_path / "metrics.jsonl").read_text()
+    step, state, frozen = _fresh(setup)
+    resumed = train(step, state, frozen, ListIterator(BATCHES), num_steps=STEPS,
+                    metrics_path=tmp_path / "metrics.jsonl", checkpointer=ckpt, resume=True,
+                    progress=False)
+    assert int(resumed.step) == STEPS
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == list(range(1, STEPS + 1))
+    ckpt.close()
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(setup, tmp_path):
     step, state, frozen = _fresh(setup)
     poisoned = [dict(b) for b in BATCHES]

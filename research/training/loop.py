@@ -107,15 +107,18 @@ def train(
 
     With `resume=True` and a checkpoint present, the state (with `state` as the
     template) and the iterator's position are restored first, so the run continues
-    exactly where the checkpoint left it. Each hook is called as `hook(step, state)` on
+    exactly where the checkpoint left it; with no checkpoint yet it starts from step 0
+    and drops the interrupted run's metric lines. Each hook is called as `hook(step, state)` on
     the starting (or restored) state and after every update; it decides its own period.
     """
     metrics_path = Path(metrics_path)
     resume_step = None
-    if resume and checkpointer is not None and checkpointer.latest_step() is not None:
-        state, position = checkpointer.restore(state)
-        data.restore(position)
-        resume_step = int(jax.device_get(state.step))
+    if resume:  # no checkpoint yet (killed before the first save): start over from 0
+        resume_step = 0
+        if checkpointer is not None and checkpointer.latest_step() is not None:
+            state, position = checkpointer.restore(state)
+            data.restore(position)
+            resume_step = int(jax.device_get(state.step))
     _prepare_metrics_file(metrics_path, resume_step)
 
     start = int(jax.device_get(state.step))
