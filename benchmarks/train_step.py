@@ -5,10 +5,17 @@
 Full fine-tuning of the embedded SmolLM2-135M-Instruct on one batch (8 x 128 tokens),
 AdamW with global-norm clipping at 1.0 on both sides. The JAX and torch steps are timed
 in alternating rounds so that load from other processes on a shared CPU hits both
-alike; each side reports its median step time. Also: the LoRA (r=8, all targets) step,
-peak memory, and the achieved model FLOP/s of the full step as a fraction of this CPU's
-measured float32 matmul FLOP/s (the best rate of XLA or torch on a square matmul,
-re-measured in every round so a busy moment cannot lower it).
+alike; each side reports its median step time. Torch is timed with its default thread
+count and with one thread, and the faster is the reference: with a core taken by
+another process, torch's OpenMP threads wait on each other at every parallel region
+(a 2-thread step measured 5-8x slower than a 1-thread one), which would flatter JAX.
+`other_load_cores` is the mean CPU use of other processes while timing (from
+/proc/stat); rerun when it is well above 0 for figures you report.
+
+Also: the LoRA (r=8, all targets) step, peak memory, and the achieved model FLOP/s of
+the full step as a fraction of this CPU's measured float32 matmul FLOP/s (the best rate
+of XLA or torch on a square matmul, re-measured in every round so a busy moment cannot
+lower it).
 
 Model FLOPs follow the usual accounting (MaxText's performance_metrics): 6 x matmul
 parameters x tokens for the projections and the (tied) output head, plus
@@ -20,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import time
@@ -142,13 +150,45 @@ def torch_step_runner(batch: dict[str, np.ndarray]) -> Callable:
     return run
 
 
-def step_times(runners: dict[str, Callable], rounds: int) -> dict[str, list[float]]:
-    """Seconds per call of each runner, timed in alternating rounds."""
+def with_torch_threads(run: Callable, threads: int) -> Callable:
+    """`run` under `torch.set_num_threads(threads)`, restoring the count afterwards."""
+    import torch
+
+    def threaded() -> Any:
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return run()
+        finally:
+            torch.set_num_threads(before)
+
+    return threaded
+
+
+def busy_cpu_seconds() -> float | None:
+    """CPU seconds all processes have used (non-idle time in /proc/stat), or None."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # minus idle, iowait
+
+
+def step_times(runners: dict[str, Callable], rounds: int
+               ) -> tuple[dict[str, list[float]], float | None]:
+    """Seconds per call of each runner, timed in alternating rounds, and the mean number
+    of cores that other processes kept busy meanwhile (None where unknown)."""
     times: dict[str, list[float]] = {name: [] for name in runners}
+    busy0, own0, wall0 = busy_cpu_seconds(), time.process_time(), time.perf_counter()
     for _ in range(rounds):
         for name, run in runners.items():
             times[name].append(_timed(run))
-    return times
+    busy1, own1, wall1 = busy_cpu_seconds(), time.process_time(), time.perf_counter()
+    others = None
+    if busy0 is not None and busy1 is not None:
+        others = max(0.0, (busy1 - busy0) - (own1 - own0)) / (wall1 - wall0)
+    return times, others
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -167,28 +207,42 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     jax_full, jax_memory = jax_step_runner("full", batch)
     jax_remat, remat_memory = jax_step_runner("full", batch, remat=True)
+    import torch
+
+    torch_threads = torch.get_num_threads()
     torch_full = torch_step_runner(batch)
+    torch_runners = {"torch_full": torch_full}
+    if torch_threads > 1:
+        torch_runners["torch_full_1_thread"] = with_torch_threads(torch_full, 1)
     jax_lora, lora_memory = jax_step_runner("lora", batch)
-    raw = step_times({"jax_full": jax_full, "jax_full_remat": jax_remat,
-                      "torch_full": torch_full, "jax_lora": jax_lora,
-                      **matmul_runners()}, rounds)
+    raw, other_load = step_times({"jax_full": jax_full, "jax_full_remat": jax_remat,
+                                  **torch_runners, "jax_lora": jax_lora,
+                                  **matmul_runners()}, rounds)
     times = {name: statistics.median(ts) for name, ts in raw.items()}
     peak = {name: 3 * 2.0 * MATMUL_SIZE ** 3 / min(raw[name])
             for name in ("matmul_xla", "matmul_torch")}
     best_jax = min(("jax_full", "jax_full_remat"), key=times.get)
+    best_torch = min(torch_runners, key=times.get)
+    times["torch_best"] = times[best_torch]
 
     flops = model_flops_per_step(cfg, args.rows, args.length)
     cpu_peak = max(peak.values())
     result = {
-        "sft_tokens_per_s_ratio": times["torch_full"] / times[best_jax],
+        "sft_tokens_per_s_ratio": times["torch_best"] / times[best_jax],
         "sft_config": "remat" if best_jax == "jax_full_remat" else "no remat",
         "sft_tokens_per_s": tokens / times[best_jax],
-        "sft_no_remat_tokens_per_s_ratio": times["torch_full"] / times["jax_full"],
-        "sft_remat_tokens_per_s_ratio": times["torch_full"] / times["jax_full_remat"],
-        "torch_tokens_per_s": tokens / times["torch_full"],
+        "sft_no_remat_tokens_per_s_ratio": times["torch_best"] / times["jax_full"],
+        "sft_remat_tokens_per_s_ratio": times["torch_best"] / times["jax_full_remat"],
+        "torch_tokens_per_s": tokens / times["torch_best"],
+        "torch_config": ("1 thread" if best_torch == "torch_full_1_thread"
+                         else f"{torch_threads} threads"),
+        "torch_default_threads_tokens_per_s": tokens / times["torch_full"],
+        "torch_1_thread_tokens_per_s": (tokens / times["torch_full_1_thread"]
+                                        if "torch_full_1_thread" in times else None),
+        "other_load_cores": other_load,
         "lora_tokens_per_s": tokens / times["jax_lora"],
         "flops_fraction_of_matmul_peak": flops / times[best_jax] / cpu_peak,
-        "torch_flops_fraction_of_matmul_peak": flops / times["torch_full"] / cpu_peak,
+        "torch_flops_fraction_of_matmul_peak": flops / times["torch_best"] / cpu_peak,
         "model_flops_per_step": flops,
         "matmul_peak_flops_xla": peak["matmul_xla"],
         "matmul_peak_flops_torch": peak["matmul_torch"],
@@ -216,7 +270,10 @@ def print_table(r: dict[str, Any], times: dict[str, float]) -> None:
         ("JAX sft_step, full FT, remat", f"{times['jax_full_remat']:.2f} s",
          f"{tokens(times['jax_full_remat']):.0f}"),
         ("torch + transformers, full FT (AdamW)", f"{times['torch_full']:.2f} s",
-         f"{r['torch_tokens_per_s']:.0f}"),
+         f"{tokens(times['torch_full']):.0f}"),
+        *([("  same, torch 1 thread", f"{times['torch_full_1_thread']:.2f} s",
+            f"{tokens(times['torch_full_1_thread']):.0f}")]
+          if "torch_full_1_thread" in times else []),
         ("JAX sft_step, LoRA r=8", f"{times['jax_lora']:.2f} s", f"{r['lora_tokens_per_s']:.0f}"),
     ]
     print(f"\nTraining step, SmolLM2-135M, batch {r['batch'][0]} x {r['batch'][1]}, "
@@ -224,7 +281,7 @@ def print_table(r: dict[str, Any], times: dict[str, float]) -> None:
     print(f"{'step':<40}{'time/step':>12}{'tokens/s':>12}")
     for name, t, tps in rows:
         print(f"{name:<40}{t:>12}{tps:>12}")
-    print(f"\nsft tokens/s ratio (JAX, {r['sft_config']} / torch): "
+    print(f"\nsft tokens/s ratio (JAX, {r['sft_config']} / torch, {r['torch_config']}): "
           f"{r['sft_tokens_per_s_ratio']:.2f}  (target >= 1.2; no remat "
           f"{r['sft_no_remat_tokens_per_s_ratio']:.2f}, remat {r['sft_remat_tokens_per_s_ratio']:.2f})")
     print(f"matmul peak: XLA {r['matmul_peak_flops_xla'] / 1e9:.1f} GFLOP/s, "
@@ -236,6 +293,8 @@ def print_table(r: dict[str, Any], times: dict[str, float]) -> None:
               f"{r['sft_step_peak_bytes_xla'] / gib:.2f} GiB, LoRA "
               f"{r['lora_step_peak_bytes_xla'] / gib:.2f} GiB")
     print(f"process peak RSS (both frameworks loaded): {r['process_peak_rss_bytes'] / gib:.2f} GiB")
+    if r["other_load_cores"] is not None:
+        print(f"other processes kept {r['other_load_cores']:.2f} cores busy while timing")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from benchmarks.train_step import make_batch, model_flops_per_step
+from benchmarks.train_step import make_batch, model_flops_per_step, step_times, with_torch_threads
 from research.models.transformer import init_decoder
 from research.training.losses import masked_nll_sum, sft_loss_sum
 from research.training.state import split_model
@@ -52,3 +52,19 @@ def test_hidden_loss_path_equals_the_logits_loss(tied):
     assert fast[0][1]["tokens"] == slow[0][1]["tokens"]
     for a, b in zip(jax.tree.leaves(fast[1]), jax.tree.leaves(slow[1])):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_torch_reference_runs_with_the_requested_threads_and_restores_them():
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    run = with_torch_threads(torch.get_num_threads, 1)
+    assert run() == 1
+    assert torch.get_num_threads() == before
+
+
+def test_step_times_alternate_runners_and_report_other_load():
+    calls = []
+    times, others = step_times({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, 2)
+    assert calls == ["a", "b", "a", "b"]
+    assert [len(v) for v in times.values()] == [2, 2]
+    assert others is None or others >= 0.0
