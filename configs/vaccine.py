@@ -17,6 +17,9 @@ The rho sweep (the paper sweeps 0.01 to 10): Vaccine at each rho in `RHO_SWEEP` 
     python -m experiments.harmful_finetuning --config=configs/vaccine.py:rho_sweep \
         --config.run.name=rho_sweep
 
+or over chosen values (each arm is its own cached stage), e.g.
+`--config=configs/vaccine.py:rho_sweep:0.5,5`.
+
 Stages are cached by their config, so the runs share data, base-model answers, the
 base model's evaluation and every stage they have in common (the SFT arm, rho = 2 and
 p = 0.1). Accelerated Vaccine (eps recomputed every tau steps):
@@ -44,11 +47,29 @@ def vaccine_arm(rho: float, tau: int = 1) -> ml_collections.ConfigDict:
     return arm("vaccine", rho=rho, site="attn_out", tau=tau)
 
 
+def parse_variant(variant: str) -> tuple[str, tuple[float, ...]]:
+    """"" | "rho_sweep" | "rho_sweep:R1,R2,..." -> (name, the rho values to sweep)."""
+    name, colon, rhos = variant.partition(":")
+    if name not in ("", "rho_sweep") or (colon and name != "rho_sweep"):
+        raise ValueError(f"configs/vaccine.py variant must be '', 'rho_sweep' or "
+                         f"'rho_sweep:R1,R2,...', got {variant!r}")
+    if not colon:
+        return name, RHO_SWEEP
+    try:
+        values = tuple(float(r) for r in rhos.split(","))
+    except ValueError:
+        raise ValueError(f"configs/vaccine.py: rho values in {variant!r} must be numbers "
+                         f"separated by commas") from None
+    if any(r <= 0 for r in values):
+        raise ValueError(f"configs/vaccine.py: rho values must be > 0, got {values}")
+    return name, values
+
+
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
-    """`variant`: "" (SFT vs Vaccine over P_VALUES) or "rho_sweep"."""
-    if variant not in ("", "rho_sweep"):
-        raise ValueError(f"configs/vaccine.py variant must be '' or 'rho_sweep', got "
-                         f"{variant!r}")
+    """`variant`: "" (SFT vs Vaccine over P_VALUES), "rho_sweep" (over RHO_SWEEP), or
+    "rho_sweep:0.5,5" (over the rho values given; each arm is cached on its own, so a
+    later sweep over more values reuses these)."""
+    variant, rho_values = parse_variant(variant)
     cfg = demo.get_config()
     cfg.run.experiment = "vaccine"
     cfg.run.title = "Vaccine vs SFT alignment under harmful fine-tuning (p sweep)"
@@ -64,6 +85,6 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         cfg.run.title = "Vaccine rho sweep (SFT reference), harmful fine-tune at p = 0.1"
         cfg.align_arms = ml_collections.ConfigDict(
             {"sft": arm("sft"), **{f"vaccine_rho{rho:g}".replace(".", "p"): vaccine_arm(rho)
-                                   for rho in RHO_SWEEP}})
+                                   for rho in rho_values}})
         cfg.finetune.p_values = (0.1,)
     return cfg

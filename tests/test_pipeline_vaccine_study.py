@@ -90,3 +90,9 @@ def test_drift_is_off_outside_the_vaccine_config_and_the_rho_sweep_shares_stages
     assert sweep.align_arms.vaccine_rho2 == main.align_arms.vaccine  # a cache hit
     with pytest.raises(ValueError, match="rho_sweep"):
         vaccine.get_config("nope")
+    chosen = vaccine.get_config("rho_sweep:0.5,5")
+    assert sorted(chosen.align_arms) == ["sft", "vaccine_rho0p5", "vaccine_rho5"]
+    assert chosen.align_arms.vaccine_rho5 == sweep.align_arms.vaccine_rho5
+    for bad in ("rho_sweep:", "rho_sweep:a", "rho_sweep:0,2", ":2"):
+        with pytest.raises(ValueError, match="rho"):
+            vaccine.get_config(bad)
