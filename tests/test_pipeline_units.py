@@ -3,6 +3,10 @@ paired effect CIs, the sweep's grid and best cell, incomplete-stage refusal."""
 
 from __future__ import annotations
 
+import json
+import threading
+import time
+
 import ml_collections
 import pytest
 
@@ -11,7 +15,8 @@ from research.pipeline import registry
 from research.pipeline.hashing import config_hash, to_plain
 from research.pipeline.report import effect_sentence, paired_difference
 from research.pipeline.runs import RunFolder, RunFolderExistsError
-from research.pipeline.stages import IncompleteStageError, stage_key, train_stage
+from research.pipeline.stages import (IncompleteStageError, stage_key, stage_lock,
+                                      train_stage)
 from research.pipeline.sweep import best_safe_cell, grid
 from research.data.rows import Row
 
@@ -72,6 +77,29 @@ def test_incomplete_stage_needs_resume(tmp_path):
     with pytest.raises(IncompleteStageError, match="--resume"):
         train_stage(label="a", source="src", source_key="src", rows=ROWS,
                     stage_cfg=cfg.align, model_cfg=cfg.model, cache_root=tmp_path)
+
+
+def test_a_stage_another_process_is_training_is_waited_for_not_refused(tmp_path):
+    cfg = base.get_config()
+    key = stage_key("src", cfg.align, cfg.model, ROWS)
+    entry = tmp_path / "stages" / key
+    entry.mkdir(parents=True)  # unfinished, as while the other process trains it
+    locked, finished = threading.Event(), {"summary": {"steps": 3}, "complete": True}
+
+    def other_process():
+        with stage_lock(entry):  # a separate open file: flock excludes it like a process
+            locked.set()
+            time.sleep(0.5)
+            (entry / "stage.json").write_text(json.dumps(finished))
+
+    worker = threading.Thread(target=other_process)
+    worker.start()
+    locked.wait()
+    _, path, summary = train_stage(label="a", source="src", source_key="src", rows=ROWS,
+                                   stage_cfg=cfg.align, model_cfg=cfg.model,
+                                   cache_root=tmp_path)
+    worker.join()
+    assert path == entry and summary == {"steps": 3, "cache_hit": True}
 
 
 def test_paired_difference_and_its_verdict():

@@ -8,6 +8,11 @@ and otherwise refused (never silently restarted over). Entries live under the ca
 root; the run folder links to them (`checkpoints/<stage>` -> entry), and each entry's
 `hf/` export is what `load_pretrained` and `research.evaluate` read.
 
+Studies may run side by side on one cache (a rho sweep next to the main study): a
+process training an entry holds an exclusive lock on it (`<key>.lock`, flock), so a second
+process that needs the same stage waits and then finds it finished, instead of
+refusing it as unfinished or training it twice.
+
 A stage whose block has `drift.enabled` also records the harmful embedding drift curve
 of the model it trains against its start, on `drift_rows`, every `drift.every` steps
 (`drift.jsonl`, through a training-loop hook), and the exported model's drift in its
@@ -16,7 +21,9 @@ summary; the drift block and rows are then part of the key.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import logging
 import math
@@ -138,6 +145,34 @@ def train_stage(*, label: str, source: str, source_key: str, rows: Sequence[Row]
     drift_rows = drift_rows if drift_enabled(stage_cfg) else ()
     key = stage_key(source_key, stage_cfg, model_cfg, rows, drift_rows)
     entry = cache_root / "stages" / key
+    with stage_lock(entry, label):
+        return _train_entry(label=label, source=source, source_key=source_key, key=key,
+                            entry=entry, rows=rows, stage_cfg=stage_cfg,
+                            model_cfg=model_cfg, resume=resume, progress=progress,
+                            drift_rows=drift_rows)
+
+
+@contextlib.contextmanager
+def stage_lock(entry: Path, label: str = ""):
+    """Hold an exclusive lock on `entry` (blocking while another process holds it)."""
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    with open(entry.with_name(entry.name + ".lock"), "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("stage %s: another process is training %s; waiting for it", label, entry)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _train_entry(*, label: str, source: str, source_key: str, key: str, entry: Path,
+                 rows: Sequence[Row], stage_cfg: ml_collections.ConfigDict,
+                 model_cfg: ml_collections.ConfigDict, resume: bool, progress: bool,
+                 drift_rows: Sequence[Row]) -> tuple[str, Path, dict]:
+    """train_stage's body, run under the entry's lock."""
     meta = _read_entry(entry)
     if meta is not None and meta.get("complete"):
         log.info("stage %s: cache hit %s", label, entry)
