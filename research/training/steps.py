@@ -82,7 +82,7 @@ def clip_by_global_norm(grads: Any, max_norm: float | None,
     step passes summed gradients and 1/token count, so the mean gradient is never
     materialised as a separate array (a full pass over the parameters' size).
     """
-    norm = optax.global_norm(grads)
+    norm = optax.tree.norm(grads)
     factor = None
     if grad_scale is not None:
         norm = norm * grad_scale
