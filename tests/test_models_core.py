@@ -37,6 +37,22 @@ def test_cache_prefill_then_decode_equals_full_forward():
     assert int(rest.cache.index) == 9
 
 
+def test_unrolled_layers_equal_the_scan_with_and_without_a_cache():
+    model = init_decoder(TINY, seed=2)
+    layers = model.layer_list()
+    scanned = model(TOKENS, capture=("resid_post",))
+    unrolled = model(TOKENS, capture=("resid_post",), layers=layers)
+    assert np.abs(np.asarray(unrolled.logits - scanned.logits)).max() < 1e-5
+    assert np.abs(np.asarray(unrolled.captured["resid_post"]
+                             - scanned.captured["resid_post"])).max() < 1e-5
+    first = model(TOKENS[:, :5], cache=KVCache.init(TINY, 2, 12))
+    cache = first.cache.per_layer()
+    assert len(cache.k) == TINY.num_layers and cache.k[0].shape == first.cache.k.shape[1:]
+    rest = model(TOKENS[:, 5:], cache=cache, layers=layers)
+    assert np.abs(np.asarray(rest.logits - scanned.logits[:, 5:])).max() < 1e-5
+    assert isinstance(rest.cache.k, tuple) and int(rest.cache.index) == 9
+
+
 def test_kv_cache_decoding_equals_no_cache_argmax_decoding():
     model = init_decoder(TINY, seed=3)
     prompt = [int(t) for t in TOKENS[0, :6]]

@@ -53,6 +53,11 @@ def _generate_jit(graphdef, state, tokens, mask, key, temperature, top_p, *,
     B, P = tokens.shape
     cache = KVCache.init(model.config, B, P + max_new_tokens, model.compute_dtype)
     out = model(tokens, attention_mask=mask, cache=cache, logits="last")
+    # The decode steps run the layers unrolled over weights sliced once, here: a scan
+    # would re-slice (copy) every layer's weights on every step. The prefill keeps the
+    # scan (its many tokens amortise the copies, and it compiles faster).
+    layers = model.layer_list()
+    cache = out.cache.per_layer()
     eos = jnp.asarray(eos_ids or (-1,), jnp.int32)
     key, sub = jax.random.split(key)
     first = sample_token(out.logits, sub, temperature, top_p, greedy)
@@ -67,7 +72,7 @@ def _generate_jit(graphdef, state, tokens, mask, key, temperature, top_p, *,
     def body(carry):
         step, cache, last, done, generated, lengths, key = carry
         out = model(last[:, None], attention_mask=jnp.ones((B, 1), bool), cache=cache,
-                    logits="last")
+                    logits="last", layers=layers)
         key, sub = jax.random.split(key)
         token = sample_token(out.logits, sub, temperature, top_p, greedy)
         token = jnp.where(done, eos[0], token)
@@ -76,7 +81,7 @@ def _generate_jit(graphdef, state, tokens, mask, key, temperature, top_p, *,
         done = done | jnp.isin(token, eos)
         return step + 1, out.cache, token, done, generated, lengths, key
 
-    carry = (jnp.ones((), jnp.int32), out.cache, first, done, generated, lengths, key)
+    carry = (jnp.ones((), jnp.int32), cache, first, done, generated, lengths, key)
     _, _, _, _, generated, lengths, _ = jax.lax.while_loop(cond, body, carry)
     return generated, lengths
 

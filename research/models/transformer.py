@@ -6,7 +6,10 @@ One forward function serves training, generation and analysis:
   drift, steering);
 - `capture=(site, ...)` returns those activations stacked `[L, B, T, D]` (logit lens,
   probes);
-- `cache` carries a KV cache for prefill/decode.
+- `cache` carries a KV cache for prefill/decode;
+- `layers` (from `Decoder.layer_list()`) runs the layers unrolled over per-layer
+  weights instead of scanning the stacked ones: decoding's choice, because a scan slices
+  (copies) every layer's weights on every step, which doubled a batch-16 decode step.
 
 Sites: `attn_out` (attention output after o_proj, before the residual add), `mlp_out`
 (MLP output before its residual add), `resid_post` (residual stream after the block).
@@ -33,7 +36,9 @@ _SAVED = ("q", "k", "v", "attn", "resid_mid", "gate", "up")
 
 
 class KVCache(NamedTuple):
-    """Keys/values `[L, B, S, K, hd]`, which slots hold real tokens `[B, S]`, next slot."""
+    """Keys/values `[L, B, S, K, hd]` (or, for the unrolled `layers` path, tuples of L
+    per-layer `[B, S, K, hd]` arrays that a decode loop updates in place), which slots
+    hold real tokens `[B, S]`, next slot."""
 
     k: jax.Array
     v: jax.Array
@@ -41,10 +46,23 @@ class KVCache(NamedTuple):
     index: jax.Array
 
     @classmethod
-    def init(cls, config: ModelConfig, batch: int, length: int, dtype=jnp.float32) -> "KVCache":
-        shape = (config.num_layers, batch, length, config.num_kv_heads, config.head_dim)
-        return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype),
-                   jnp.zeros((batch, length), bool), jnp.zeros((), jnp.int32))
+    def init(cls, config: ModelConfig, batch: int, length: int, dtype=jnp.float32, *,
+             per_layer: bool = False) -> "KVCache":
+        L = config.num_layers
+        shape = (batch, length, config.num_kv_heads, config.head_dim)
+        if per_layer:
+            k, v = (tuple(jnp.zeros(shape, dtype) for _ in range(L)) for _ in range(2))
+        else:
+            k, v = jnp.zeros((L, *shape), dtype), jnp.zeros((L, *shape), dtype)
+        return cls(k, v, jnp.zeros((batch, length), bool), jnp.zeros((), jnp.int32))
+
+    def per_layer(self) -> "KVCache":
+        """The same cache with k/v as tuples of per-layer arrays (for `layers=`)."""
+        if isinstance(self.k, tuple):
+            return self
+        L = self.k.shape[0]
+        return self._replace(k=tuple(self.k[i] for i in range(L)),
+                             v=tuple(self.v[i] for i in range(L)))
 
 
 class DecoderOutput(NamedTuple):
@@ -152,6 +170,12 @@ class Decoder(nnx.Module):
         if lora is not None:
             attach_lora(self, lora, seed=int(jax.random.randint(rngs.params(), (), 0, 2**30)))
 
+    def layer_list(self) -> list[dict[str, jax.Array]]:
+        """Each layer's own weights (slices of the stacked ones), for `layers=`."""
+        stacked = self.layers.arrays()
+        return [{name: a[i] for name, a in stacked.items()}
+                for i in range(self.config.num_layers)]
+
     # ---- pieces reused by analysis (logit lens) ---------------------------------
     def normalize(self, x: jax.Array) -> jax.Array:
         return rms_norm(x, self.final_norm.get_value(), self.config.rms_norm_eps)
@@ -190,11 +214,13 @@ class Decoder(nnx.Module):
         lora_enabled: bool = True,
         logits: str = "all",
         remat: bool = False,
+        layers: list[dict[str, jax.Array]] | None = None,
     ) -> DecoderOutput:
         """Run the decoder on `tokens [B, T]`.
 
         attention_mask [B, T] marks real tokens (left padding allowed); positions default
         to the count of real tokens before each one. `logits` is "all", "last" or "none".
+        `layers` (from `layer_list()`, sliced once outside a decode loop) unrolls them.
         """
         cfg = self.config
         B, T = tokens.shape
@@ -282,9 +308,22 @@ class Decoder(nnx.Module):
         # and faster on CPU, where touching fresh activation memory is a real cost.
         policy = None if remat else jax.checkpoint_policies.save_only_these_names(*_SAVED)
         block = jax.checkpoint(block, policy=policy)
-        layer_cache = None if cache is None else (cache.k, cache.v)
-        x, (captured, new_kv) = jax.lax.scan(
-            block, x.reshape(N, D), (layer_params, site_deltas_2d, layer_cache))
+        if layers is None:
+            layer_cache = None if cache is None else (cache.k, cache.v)
+            x, (captured, new_kv) = jax.lax.scan(
+                block, x.reshape(N, D), (layer_params, site_deltas_2d, layer_cache))
+        else:
+            x, captured, new_kv = x.reshape(N, D), {}, ([], [])
+            for i, p in enumerate(layers):
+                x, (caught, kv) = block(x, (p, {n: d[i] for n, d in site_deltas_2d.items()},
+                                            None if cache is None else (cache.k[i], cache.v[i])))
+                for name, value in caught.items():
+                    captured.setdefault(name, []).append(value)
+                if kv is not None:
+                    new_kv[0].append(kv[0])
+                    new_kv[1].append(kv[1])
+            captured = {name: jnp.stack(v) for name, v in captured.items()}
+            new_kv = (tuple(new_kv[0]), tuple(new_kv[1]))
         x = x.reshape(B, T, D)
 
         new_cache = None
