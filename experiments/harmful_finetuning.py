@@ -110,7 +110,8 @@ def run_study(cfg: ml_collections.ConfigDict, *, resume: bool = False, progress:
         source, source_key = sources[start_label]
         for p in cfg.finetune.p_values:
             rows = study_data.user_rows(cfg, data, p)
-            for beta in cfg.finetune.ema_betas:
+            # EMA arms first: a track-mode EMA stage also writes its no-EMA twin
+            for beta in sorted(cfg.finetune.ema_betas, key=lambda b: b == 0):
                 label = variant_label(start_label, p, beta)
                 clock.say(f"stage 2: {label} on {len(rows)} rows")
                 k, e, s = train_stage(label=label, source=source, source_key=source_key,
@@ -130,6 +131,10 @@ def run_study(cfg: ml_collections.ConfigDict, *, resume: bool = False, progress:
                 variants[label] = {"group": f"{start_label}, " + (f"EMA {beta:g}" if beta
                                                                   else "no EMA"),
                                    "p": float(p), "start": start_label, "ema": float(beta)}
+    order = ["base", *arms] + [variant_label(start, p, beta) for start in starts
+                               for p in cfg.finetune.p_values for beta in cfg.finetune.ema_betas]
+    results, records = ({k: d[k] for k in order} for d in (results, records))
+    variants = {k: variants[k] for k in order if k in variants}
     write_outputs(cfg, run, results, records, variants, list(arms), curves)
     clock.say(f"done: {run.path / 'report.md'}")
     return run.path

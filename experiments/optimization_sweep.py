@@ -43,7 +43,9 @@ def run_sweep(cfg: ml_collections.ConfigDict, *, resume: bool = False,
                                 resume=resume, progress=progress)
     rows = study_data.user_rows(cfg, data, cfg.sweep.p)
     results, cells = {}, []
-    for cell in sweep.grid(cfg.sweep):
+    grid = sweep.grid(cfg.sweep)
+    # EMA cells first: a track-mode EMA cell also writes its no-EMA twin (one training)
+    for cell in sorted(grid, key=lambda c: c["ema"] == 0):
         label = sweep.cell_label(cell)
         clock.say(f"cell {label}")
         k, e, s = train_stage(label=label, source=str(entry), source_key=key, rows=rows,
@@ -57,6 +59,7 @@ def run_sweep(cfg: ml_collections.ConfigDict, *, resume: bool = False,
                       "harmful_score": res["harmful_score"]["value"],
                       "task_accuracy": res["task_accuracy"]["value"]})
         run.log({"event": "cell", **cells[-1], "final_loss": s["final_loss"]})
+    cells.sort(key=lambda c: grid.index({k: c[k] for k in grid[0]}))
     run.write_json("results.json", results)
     run.write_json("cells.json", cells)
     sweep.heatmap(cells, run.path / "plots" / "heatmap.png")

@@ -4,7 +4,9 @@ loadable checkpoints, the evaluate CLI, resume refusal, and the optimizer sweep.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -47,8 +49,39 @@ def test_run_folder_is_complete(study):
     assert (f"keyword list version refusal-v1 ({len(listed['phrases'])} phrases and "
             f"{len(listed['patterns'])} patterns)") in report
     events = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
-    assert [e["stage"] for e in events if e["event"] == "stage"] == [
-        "align_sft", "ft_sft_p0.25_ema0", "ft_sft_p0.25_ema0.9"]
+    stages = {e["stage"]: e for e in events if e["event"] == "stage"}
+    # the EMA stage trains first and also writes the no-EMA stage (its raw weights)
+    assert list(stages) == ["align_sft", "ft_sft_p0.25_ema0.9", "ft_sft_p0.25_ema0"]
+    assert stages["ft_sft_p0.25_ema0"]["cache_hit"]
+    assert stages["ft_sft_p0.25_ema0"]["trained_with_ema_stage"] == \
+        stages["ft_sft_p0.25_ema0.9"]["key"]
+
+
+def test_raw_twin_of_an_ema_stage_equals_training_without_ema(study, tmp_path):
+    """A fresh no-EMA training of the same cell reproduces the twin's weights (the
+    track-mode EMA leaves the trajectory alone), while the EMA export differs."""
+    from experiments.harmful_finetuning import drift_rows
+    from research.models.checkpoints import load_hf_folder
+    from research.pipeline import data as study_data
+    from research.pipeline.scripts import base_and_data, finetune_block
+    from research.pipeline.stages import train_stage
+
+    cfg, path = study
+    cache = Path(cfg.run.cache_dir)
+    data = base_and_data(cfg, cache, None)[3]
+    aligned = path / "checkpoints" / "align_sft"
+    source_key = json.loads((aligned / "stage.json").read_text())["key"]
+    _, fresh, summary = train_stage(
+        label="fresh", source=str(aligned.resolve()), source_key=source_key,
+        rows=study_data.user_rows(cfg, data, 0.25), stage_cfg=finetune_block(cfg, 0.25, 0.0),
+        model_cfg=cfg.model, cache_root=tmp_path, progress=False,
+        drift_rows=drift_rows(cfg, data))
+    assert not summary["cache_hit"]
+    weights = lambda folder: np.concatenate([np.ravel(a) for a in jax.tree.leaves(
+        load_hf_folder(folder / "hf").layers.arrays())])
+    twin = weights(path / "checkpoints" / "ft_sft_p0.25_ema0")
+    np.testing.assert_allclose(twin, weights(fresh), atol=1e-6)
+    assert np.abs(twin - weights(path / "checkpoints" / "ft_sft_p0.25_ema0.9")).max() > 1e-6
 
 
 def test_stage_checkpoints_load_and_differ_from_the_base(study):

@@ -13,6 +13,10 @@ process training an entry holds an exclusive lock on it (`<key>.lock`, flock), s
 process that needs the same stage waits and then finds it finished, instead of
 refusing it as unfinished or training it twice.
 
+A parameter EMA in `track` mode does not change the trajectory, only which weights are
+exported, so a tracking stage also writes its raw final weights as the finished entry of
+the same stage without EMA (its "raw twin"): a grid with and without EMA trains once.
+
 A stage whose block has `drift.enabled` also records the harmful embedding drift curve
 of the model it trains against its start, on `drift_rows`, every `drift.every` steps
 (`drift.jsonl`, through a training-loop hook), and the exported model's drift in its
@@ -224,11 +228,49 @@ def _train_entry(*, label: str, source: str, source_key: str, key: str, entry: P
                "train_seconds": round(time.perf_counter() - start, 1), "cache_hit": False}
     if curve is not None:  # the exported model (the EMA average in track mode)
         summary["drift"] = dict(curve(params), format_counts=drift_counts)
+    if use_ema:
+        twin_summary = dict(summary, label=f"{label} (raw twin)", exported_ema_average=False,
+                            trained_with_ema_stage=key, train_seconds=0.0)
+        if curve is not None:
+            twin_summary["drift"] = dict(curve(state.params), format_counts=drift_counts)
+        _write_raw_twin(label=label, source_key=source_key, rows=rows, stage_cfg=stage_cfg,
+                        model_cfg=model_cfg, drift_rows=drift_rows, entry=entry,
+                        tokenizer=tokenizer, trained=nnx.merge(graphdef, state.params, frozen),
+                        summary=twin_summary)
     (entry / "stage.json").write_text(json.dumps(
         {"key": key, "complete": True, "config": to_plain(stage_cfg),
          "model": to_plain(model_cfg), "source_key": source_key, "summary": summary},
         indent=2) + "\n")
     return key, entry, summary
+
+
+def _write_raw_twin(*, label: str, source_key: str, rows: Sequence[Row],
+                    stage_cfg: ml_collections.ConfigDict, model_cfg: ml_collections.ConfigDict,
+                    drift_rows: Sequence[Row], entry: Path, tokenizer: Any,
+                    trained: nnx.Module, summary: dict) -> None:
+    """Write the raw (un-averaged) weights of a track-mode EMA stage as the finished
+    entry of the same stage with `ema_beta = 0`, unless that entry exists already. It
+    has the hf/ export, the metrics and drift curves (the raw trajectory's), no orbax/."""
+    twin_cfg = ml_collections.ConfigDict(stage_cfg.to_dict())
+    twin_cfg.optimizer.ema_beta = 0.0
+    twin_key = stage_key(source_key, twin_cfg, model_cfg, rows, drift_rows)
+    twin = entry.parent / twin_key
+    with stage_lock(twin, f"{label} (raw twin)"):
+        if twin.exists():  # finished, or an unfinished run of its own to resume
+            return
+        tmp = entry.parent / f"{twin_key}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        save_hf_folder(trained, tmp / "hf", tokenizer)
+        for name in ("metrics.jsonl", "drift.jsonl"):
+            if (entry / name).exists():
+                shutil.copy(entry / name, tmp / name)
+        (tmp / "stage.json").write_text(json.dumps(
+            {"key": twin_key, "complete": True, "config": to_plain(twin_cfg),
+             "model": to_plain(model_cfg), "source_key": source_key, "summary": summary},
+            indent=2) + "\n")
+        tmp.rename(twin)
+    log.info("stage %s: wrote its raw weights as the no-EMA stage %s", label, twin)
 
 
 def _last_loss(path: Path) -> float | None:
