@@ -1,5 +1,11 @@
 """The optimizer study: fine-tune the SFT-aligned model on the harmful mix over a grid
-of learning rate x batch size x number of steps, with and without parameter EMA."""
+of learning rate x batch size x number of steps, with and without parameter EMA.
+
+The demo's data, alignment (full fine-tuning, so its stage 1 is shared through the
+cache) and evaluation sizes. Learning rates bracket the demo's full fine-tuning lr 3e-5
+by about 3x either way; EMA runs in track mode, so each EMA cell also yields its no-EMA
+twin and the 24 cells take 12 trainings.
+"""
 
 import ml_collections
 
@@ -7,10 +13,10 @@ from configs import demo
 
 
 def get_config():
-    cfg = demo.get_config()  # the demo's data, alignment and evaluation sizes
+    cfg = demo.get_config()
     cfg.run.experiment = "optimization_sweep"
     cfg.run.title = "Optimizer study: lr x batch size x steps, with and without EMA"
     cfg.sweep = ml_collections.ConfigDict(dict(
-        p=0.1, lrs=(1e-4, 5e-4, 2e-3), batch_sizes=(4, 8), steps=(8, 24),
+        p=0.1, lrs=(1e-5, 3e-5, 1e-4), batch_sizes=(4, 8), steps=(8, 16),
         ema_betas=(0.0, 0.99), safe_harmful_score=20.0))
     return cfg
