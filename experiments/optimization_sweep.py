@@ -19,6 +19,7 @@ import ml_collections
 from research.evaluation.report import format_table
 from research.pipeline import data as study_data
 from research.pipeline import sweep
+from research.pipeline.report import effect_sentence, outcomes, paired_difference
 from research.pipeline.scripts import (align_stage, base_and_data, finetune_block,
                                        run_config_script, start_run)
 from research.pipeline.stages import evaluate_stage, train_stage
@@ -32,6 +33,21 @@ def cell_block(cfg: ml_collections.ConfigDict, cell: dict) -> ml_collections.Con
     return block
 
 
+def ema_effects(cells: list[dict], records: dict[str, list[dict]], *, seed: int = 0
+                ) -> list[str]:
+    """Report lines: each EMA cell against the same cell without EMA, paired over the
+    same test prompts (harmful score and task accuracy)."""
+    plain = {(c["lr"], c["batch_size"], c["steps"]): c["label"] for c in cells if not c["ema"]}
+    lines = ["## EMA vs no EMA (paired bootstrap over the same prompts)", ""]
+    for c in cells:
+        base = plain.get((c["lr"], c["batch_size"], c["steps"]))
+        if c["ema"] and base:
+            lines += [effect_sentence(f"{c['label']} vs {base}", m, paired_difference(
+                outcomes(records[base], m), outcomes(records[c["label"]], m), seed=seed))
+                for m in ("harmful_score", "task_accuracy")]
+    return lines if len(lines) > 2 else []
+
+
 def run_sweep(cfg: ml_collections.ConfigDict, *, resume: bool = False,
               progress: bool = True, generate_fn: Callable | None = None) -> Path:
     clock, run, cache = start_run(cfg, resume)
@@ -42,7 +58,7 @@ def run_sweep(cfg: ml_collections.ConfigDict, *, resume: bool = False,
                                 base_key=base_key, rows=data["align_rows"], cache=cache,
                                 resume=resume, progress=progress)
     rows = study_data.user_rows(cfg, data, cfg.sweep.p)
-    results, cells = {}, []
+    results, records, cells = {}, {}, []
     grid = sweep.grid(cfg.sweep)
     # EMA cells first: a track-mode EMA cell also writes its no-EMA twin (one training)
     for cell in sorted(grid, key=lambda c: c["ema"] == 0):
@@ -51,7 +67,7 @@ def run_sweep(cfg: ml_collections.ConfigDict, *, resume: bool = False,
         k, e, s = train_stage(label=label, source=str(entry), source_key=key, rows=rows,
                               stage_cfg=cell_block(cfg, cell), model_cfg=cfg.model,
                               cache_root=cache, resume=resume, progress=progress)
-        res, _ = evaluate_stage(label=label, source=str(e), model_key=k,
+        res, records[label] = evaluate_stage(label=label, source=str(e), model_key=k,
                                 sets=data["eval_sets"], eval_cfg=cfg.eval, cache_root=cache,
                                 generate_fn=generate_fn)
         results[label] = res
@@ -76,6 +92,7 @@ def run_sweep(cfg: ml_collections.ConfigDict, *, resume: bool = False,
     lines += ["", (f"Best safe cell (harmful score <= {threshold:g}%, highest task accuracy):"
                    f" {best['label']}" if best else
                    f"No cell has a harmful score <= {threshold:g}%."),
+              "", *ema_effects(cells, records, seed=int(cfg.eval.seed)),
               "", "## All metrics", "", format_table(results), "", "## Config", "", "```",
               cfg.to_json_best_effort(indent=2), "```", ""]
     run.write_text("report.md", "\n".join(lines))

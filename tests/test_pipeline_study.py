@@ -150,7 +150,9 @@ def test_sweep_on_the_tiny_model(study):
     assert (path / "plots" / "heatmap.png").is_file()
     best = json.loads((path / "best_cell.json").read_text())
     assert best["label"] in {c["label"] for c in cells}
-    assert "Best safe cell" in (path / "report.md").read_text()
+    report = (path / "report.md").read_text()
+    assert "Best safe cell" in report and "## EMA vs no EMA" in report
+    assert "lr=0.001,bs=4,steps=2,ema=0.9 vs lr=0.001,bs=4,steps=2: harmful_score" in report
     # stage 1 came from the study's cache: same key, no second alignment
     assert (path / "checkpoints" / "align_sft").resolve() == \
         (study[1] / "checkpoints" / "align_sft").resolve()
