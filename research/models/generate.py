@@ -46,18 +46,33 @@ def sample_token(logits: jax.Array, key: jax.Array, temperature: jax.Array,
     return jnp.take_along_axis(order, choice[:, None], axis=-1)[:, 0].astype(jnp.int32)
 
 
+_LAST_LAYERS: list = []  # [(stacked arrays, their per-layer slices)] of the last model
+
+
+def per_layer_weights(model: Decoder) -> list[dict[str, jax.Array]]:
+    """`model.layer_list()`, reused while the model's stacked weights are the same arrays.
+
+    Generation runs the layers unrolled over these (a scan would copy every layer's
+    weights on every decode step); slicing once per model, not per call or batch, keeps
+    that copy off the time to first token. Holds one model's slices until the next.
+    """
+    stacked = tuple(jax.tree.leaves(model.layers.arrays()))
+    if _LAST_LAYERS and len(_LAST_LAYERS[0][0]) == len(stacked) and all(
+            a is b for a, b in zip(_LAST_LAYERS[0][0], stacked)):
+        return _LAST_LAYERS[0][1]
+    layers = model.layer_list()
+    _LAST_LAYERS[:] = [(stacked, layers)]
+    return layers
+
+
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "eos_ids", "greedy"))
-def _generate_jit(graphdef, state, tokens, mask, key, temperature, top_p, *,
+def _generate_jit(graphdef, state, layers, tokens, mask, key, temperature, top_p, *,
                   max_new_tokens: int, eos_ids: tuple[int, ...], greedy: bool):
     model = nnx.merge(graphdef, state)
     B, P = tokens.shape
-    cache = KVCache.init(model.config, B, P + max_new_tokens, model.compute_dtype)
-    out = model(tokens, attention_mask=mask, cache=cache, logits="last")
-    # The decode steps run the layers unrolled over weights sliced once, here: a scan
-    # would re-slice (copy) every layer's weights on every step. The prefill keeps the
-    # scan (its many tokens amortise the copies, and it compiles faster).
-    layers = model.layer_list()
-    cache = out.cache.per_layer()
+    cache = KVCache.init(model.config, B, P + max_new_tokens, model.compute_dtype,
+                         per_layer=True)
+    out = model(tokens, attention_mask=mask, cache=cache, logits="last", layers=layers)
     eos = jnp.asarray(eos_ids or (-1,), jnp.int32)
     key, sub = jax.random.split(key)
     first = sample_token(out.logits, sub, temperature, top_p, greedy)
@@ -81,7 +96,7 @@ def _generate_jit(graphdef, state, tokens, mask, key, temperature, top_p, *,
         done = done | jnp.isin(token, eos)
         return step + 1, out.cache, token, done, generated, lengths, key
 
-    carry = (jnp.ones((), jnp.int32), cache, first, done, generated, lengths, key)
+    carry = (jnp.ones((), jnp.int32), out.cache, first, done, generated, lengths, key)
     _, _, _, _, generated, lengths, _ = jax.lax.while_loop(cond, body, carry)
     return generated, lengths
 
@@ -107,6 +122,7 @@ def generate_ids(model: Decoder, prompt_ids: Sequence[Sequence[int]], *,
     key = jax.random.key(0) if key is None else key
     eos = tuple(int(e) for e in (model.config.eos_ids if eos_ids is None else eos_ids))
     graphdef, state = nnx.split(model)
+    layers = per_layer_weights(model)
     order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
     results: list[list[int]] = [[] for _ in prompt_ids]
     # rows per batch: a power of two up to batch_size, so batch shapes are bucketed too
@@ -122,7 +138,7 @@ def generate_ids(model: Decoder, prompt_ids: Sequence[Sequence[int]], *,
             mask[r, P - len(ids):] = True
         key, sub = jax.random.split(key)
         generated, lengths = _generate_jit(
-            graphdef, state, jnp.asarray(tokens), jnp.asarray(mask), sub,
+            graphdef, state, layers, jnp.asarray(tokens), jnp.asarray(mask), sub,
             jnp.float32(temperature), jnp.float32(top_p), max_new_tokens=max_new_tokens,
             eos_ids=eos, greedy=temperature == 0.0)
         generated, lengths = np.asarray(generated), np.asarray(lengths)
