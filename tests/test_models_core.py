@@ -45,10 +45,12 @@ def test_unrolled_layers_equal_the_scan_with_and_without_a_cache():
     assert np.abs(np.asarray(unrolled.logits - scanned.logits)).max() < 1e-5
     assert np.abs(np.asarray(unrolled.captured["resid_post"]
                              - scanned.captured["resid_post"])).max() < 1e-5
-    first = model(TOKENS[:, :5], cache=KVCache.init(TINY, 2, 12))
-    cache = first.cache.per_layer()
-    assert len(cache.k) == TINY.num_layers and cache.k[0].shape == first.cache.k.shape[1:]
-    rest = model(TOKENS[:, 5:], cache=cache, layers=layers)
+    stacked = KVCache.init(TINY, 2, 12)
+    cache = KVCache.init(TINY, 2, 12, per_layer=True)
+    assert len(cache.k) == TINY.num_layers and cache.k[0].shape == stacked.k.shape[1:]
+    first = model(TOKENS[:, :5], cache=cache, layers=layers)
+    assert np.abs(np.asarray(first.logits - scanned.logits[:, :5])).max() < 1e-5
+    rest = model(TOKENS[:, 5:], cache=first.cache, layers=layers)
     assert np.abs(np.asarray(rest.logits - scanned.logits[:, 5:])).max() < 1e-5
     assert isinstance(rest.cache.k, tuple) and int(rest.cache.index) == 9
 

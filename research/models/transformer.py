@@ -56,14 +56,6 @@ class KVCache(NamedTuple):
             k, v = jnp.zeros((L, *shape), dtype), jnp.zeros((L, *shape), dtype)
         return cls(k, v, jnp.zeros((batch, length), bool), jnp.zeros((), jnp.int32))
 
-    def per_layer(self) -> "KVCache":
-        """The same cache with k/v as tuples of per-layer arrays (for `layers=`)."""
-        if isinstance(self.k, tuple):
-            return self
-        L = self.k.shape[0]
-        return self._replace(k=tuple(self.k[i] for i in range(L)),
-                             v=tuple(self.v[i] for i in range(L)))
-
 
 class DecoderOutput(NamedTuple):
     logits: jax.Array | None          # [B, T, V] ("all"), [B, V] ("last") or None
