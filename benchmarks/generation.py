@@ -17,6 +17,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from research.models import load_pretrained
 from research.models.chat import render_prompt
@@ -83,9 +84,12 @@ def main() -> None:
     ttft_ours, ttft_ref = best_time(ours(1), repeats), best_time(theirs(1), repeats)
 
     tokens = np.random.default_rng(0).integers(10, 49000, size=(batch, fwd_len))
-    forward = jax.jit(lambda t: model(t, logits="all").logits)
+    # the weights are an argument, as in training: closed over, they would be compile-time
+    # constants that XLA folds (a 1.4 s transpose of the embedding) and lays out its own way
+    graphdef, state = nnx.split(model)
+    forward = jax.jit(lambda s, t: nnx.merge(graphdef, s)(t, logits="all").logits)
     tokens_jax = jnp.asarray(tokens)
-    fwd_ours = best_time(lambda: forward(tokens_jax).block_until_ready(), repeats)
+    fwd_ours = best_time(lambda: forward(state, tokens_jax).block_until_ready(), repeats)
     tokens_torch = torch.tensor(tokens)
 
     def fwd_theirs():

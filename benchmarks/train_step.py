@@ -5,7 +5,8 @@
 Full fine-tuning of the embedded SmolLM2-135M-Instruct on one batch (8 x 128 tokens),
 AdamW with global-norm clipping at 1.0 on both sides. The JAX and torch steps are timed
 in alternating rounds so that load from other processes on a shared CPU hits both
-alike; each side reports its median step time. Torch is timed with its default thread
+alike; in each round every step runs once untimed and then once timed (the step after a
+switch of framework is slow for both), and each side reports its median timed step. Torch is timed with its default thread
 count and with one thread, and the faster is the reference: with a core taken by
 another process, torch's OpenMP threads wait on each other at every parallel region
 (a 2-thread step measured 5-8x slower than a 1-thread one), which would flatter JAX.
@@ -175,14 +176,23 @@ def busy_cpu_seconds() -> float | None:
     return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # minus idle, iowait
 
 
-def step_times(runners: dict[str, Callable], rounds: int
+def step_times(runners: dict[str, Callable], rounds: int, *, settle: bool = False
                ) -> tuple[dict[str, list[float]], float | None]:
     """Seconds per call of each runner, timed in alternating rounds, and the mean number
-    of cores that other processes kept busy meanwhile (None where unknown)."""
+    of cores that other processes kept busy meanwhile (None where unknown).
+
+    With `settle`, each runner is called once untimed before its timed call in every
+    round. Why: the first step after the other framework ran is slow for reasons that
+    belong to the switch, not to either step (on a 2-core AVX-512 CPU a JAX step right
+    after a torch step took 5.0-6.1 s against 4.5 s in a row), while a training run only
+    ever runs one framework.
+    """
     times: dict[str, list[float]] = {name: [] for name in runners}
     busy0, own0, wall0 = busy_cpu_seconds(), time.process_time(), time.perf_counter()
     for _ in range(rounds):
         for name, run in runners.items():
+            if settle:
+                run()
             times[name].append(_timed(run))
     busy1, own1, wall1 = busy_cpu_seconds(), time.process_time(), time.perf_counter()
     others = None
@@ -217,7 +227,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     jax_lora, lora_memory = jax_step_runner("lora", batch)
     raw, other_load = step_times({"jax_full": jax_full, "jax_full_remat": jax_remat,
                                   **torch_runners, "jax_lora": jax_lora,
-                                  **matmul_runners()}, rounds)
+                                  **matmul_runners()}, rounds, settle=True)
     times = {name: statistics.median(ts) for name, ts in raw.items()}
     peak = {name: 3 * 2.0 * MATMUL_SIZE ** 3 / min(raw[name])
             for name in ("matmul_xla", "matmul_torch")}
@@ -277,7 +287,8 @@ def print_table(r: dict[str, Any], times: dict[str, float]) -> None:
         ("JAX sft_step, LoRA r=8", f"{times['jax_lora']:.2f} s", f"{r['lora_tokens_per_s']:.0f}"),
     ]
     print(f"\nTraining step, SmolLM2-135M, batch {r['batch'][0]} x {r['batch'][1]}, "
-          f"median of {r['rounds']} alternating rounds")
+          f"median of {r['rounds']} alternating rounds, "
+          f"each step timed after an untimed one")
     print(f"{'step':<40}{'time/step':>12}{'tokens/s':>12}")
     for name, t, tps in rows:
         print(f"{name:<40}{t:>12}{tps:>12}")

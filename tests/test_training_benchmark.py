@@ -68,3 +68,11 @@ def test_step_times_alternate_runners_and_report_other_load():
     assert calls == ["a", "b", "a", "b"]
     assert [len(v) for v in times.values()] == [2, 2]
     assert others is None or others >= 0.0
+
+
+def test_step_times_settle_runs_each_step_untimed_first():
+    calls = []
+    times, _ = step_times({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, 2,
+                          settle=True)
+    assert calls == ["a", "a", "b", "b", "a", "a", "b", "b"]
+    assert [len(v) for v in times.values()] == [2, 2]
