@@ -32,6 +32,9 @@ def get_config() -> ml_collections.ConfigDict:
     cfg.run = ml_collections.ConfigDict(dict(
         experiment="harmful_finetuning", name="", root="runs", cache_dir="runs/cache",
         title="Harmful fine-tuning study"))
+    # the training mesh (research.training.sharding): data parallel over all devices;
+    # fsdp > 1 shards parameters and optimiser state too. Not part of any cache key.
+    cfg.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
     cfg.model = ml_collections.ConfigDict(dict(
         source="smollm2-135m-instruct", dtype="float32", finetune_mode="full",
         lora_rank=8, lora_alpha=16.0, lora_targets=LORA_TARGETS))

@@ -39,6 +39,7 @@ from research.pipeline.runs import RunFolder
 from research.pipeline.scripts import (align_stage, base_and_data, finetune_block,
                                        run_config_script, start_run)
 from research.pipeline.stages import base_model_key, evaluate_stage, link, lora_config, train_stage
+from research.training.sharding import mesh_from_config
 from research.training.state import split_model
 
 ARMS = ("self_inf_n", "random", "self_inf_raw", "harmful")
@@ -154,7 +155,8 @@ def run_study(cfg: ml_collections.ConfigDict, *, resume: bool = False, progress:
         clock.say(f"stage 2: {labels[arm]} on {len(rows)} rows")
         k2, e2, s2 = train_stage(label=labels[arm], source=str(entry), source_key=key,
                                  rows=rows, stage_cfg=block, model_cfg=cfg.model,
-                                 cache_root=cache, resume=resume, progress=progress)
+                                 cache_root=cache, resume=resume, progress=progress,
+                                 mesh=mesh_from_config(cfg.get("mesh")))
         link(run.checkpoint(f"ft_{method}_{arm}"), e2)
         run.log({"event": "stage", "stage": f"ft_{method}_{arm}", "key": k2, **s2})
         models[arm] = (str(e2), k2)

@@ -34,6 +34,7 @@ from research.pipeline.runs import RunFolder
 from research.pipeline.scripts import (align_stage, base_and_data, finetune_block,
                                        run_config_script, start_run)
 from research.pipeline.stages import drift_enabled, evaluate_stage, link, train_stage
+from research.training.sharding import mesh_from_config
 
 log = logging.getLogger("experiments.harmful_finetuning")
 
@@ -117,7 +118,8 @@ def run_study(cfg: ml_collections.ConfigDict, *, resume: bool = False, progress:
                 k, e, s = train_stage(label=label, source=source, source_key=source_key,
                                       rows=rows, stage_cfg=finetune_block(cfg, p, beta),
                                       model_cfg=cfg.model, cache_root=cache, resume=resume,
-                                      progress=progress, drift_rows=drift_examples)
+                                      progress=progress, drift_rows=drift_examples,
+                                      mesh=mesh_from_config(cfg.get("mesh")))
                 stage = f"ft_{start_label}_p{p:g}_ema{beta:g}"
                 link(run.checkpoint(stage), e)
                 drift = s.pop("drift", None)

@@ -23,6 +23,7 @@ from research.pipeline.report import effect_sentence, outcomes, paired_differenc
 from research.pipeline.scripts import (align_stage, base_and_data, finetune_block,
                                        run_config_script, start_run)
 from research.pipeline.stages import evaluate_stage, train_stage
+from research.training.sharding import mesh_from_config
 
 
 def cell_block(cfg: ml_collections.ConfigDict, cell: dict) -> ml_collections.ConfigDict:
@@ -66,7 +67,8 @@ def run_sweep(cfg: ml_collections.ConfigDict, *, resume: bool = False,
         clock.say(f"cell {label}")
         k, e, s = train_stage(label=label, source=str(entry), source_key=key, rows=rows,
                               stage_cfg=cell_block(cfg, cell), model_cfg=cfg.model,
-                              cache_root=cache, resume=resume, progress=progress)
+                              cache_root=cache, resume=resume, progress=progress,
+                              mesh=mesh_from_config(cfg.get("mesh")))
         res, records[label] = evaluate_stage(label=label, source=str(e), model_key=k,
                                 sets=data["eval_sets"], eval_cfg=cfg.eval, cache_root=cache,
                                 generate_fn=generate_fn)

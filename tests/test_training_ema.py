@@ -59,3 +59,28 @@ def test_accessor_and_validation():
         parameter_ema(1.0)
     with pytest.raises(ValueError, match="mode"):
         parameter_ema(0.9, "average")
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.5])
+def test_configured_sgd_with_pull_ema_matches_hand_computation(momentum):
+    """The config path (`make_optimizer`: SGD, constant lr, EMA in pull mode) runs the
+    same math as the hand-built chain, with heavy-ball momentum when asked."""
+    import ml_collections
+
+    from research.training.optim import make_optimizer
+
+    cfg = ml_collections.ConfigDict(dict(name="sgd", lr=LR, schedule="constant",
+                                         warmup_steps=0, total_steps=len(GRADS),
+                                         momentum=momentum, ema_beta=BETA, ema_mode="pull"))
+    opt = make_optimizer(cfg)
+    params, state = {"w": jnp.asarray(THETA0)}, None
+    state = opt.init(params)
+    theta, avg, velocity = THETA0.copy(), THETA0.copy(), np.zeros(2)
+    for g in GRADS:
+        updates, state = opt.update({"w": jnp.asarray(g)}, state, params)
+        params = optax.apply_updates(params, updates)
+        velocity = momentum * velocity + g
+        avg = BETA * avg + (1 - BETA) * (theta - LR * velocity)
+        theta = avg
+        np.testing.assert_allclose(np.asarray(params["w"]), theta, rtol=1e-6)
+        np.testing.assert_allclose(np.asarray(ema_params(state)["w"]), avg, rtol=1e-6)

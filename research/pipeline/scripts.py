@@ -22,6 +22,7 @@ from research.models.loading import load_pretrained
 from research.pipeline import data as study_data
 from research.pipeline.runs import RunFolder, default_run_name
 from research.pipeline.stages import base_model_key, link, train_stage
+from research.training.sharding import maybe_initialize_distributed, mesh_from_config
 
 
 class Clock:
@@ -73,7 +74,7 @@ def align_stage(cfg: ml_collections.ConfigDict, run: RunFolder, *, base_source: 
     key, entry, summary = train_stage(label=stage, source=base_source, source_key=base_key,
                                       rows=rows, stage_cfg=cfg.align if block is None else block,
                                       model_cfg=cfg.model, cache_root=cache, resume=resume,
-                                      progress=progress)
+                                      progress=progress, mesh=mesh_from_config(cfg.get("mesh")))
     link(run.checkpoint(stage), entry)
     run.log({"event": "stage", "stage": stage, "key": key, **summary})
     return key, entry, summary
@@ -105,6 +106,7 @@ def run_config_script(run: Callable[..., Any], default_config: str) -> None:
             raise app.UsageError(f"unexpected arguments: {argv[1:]}")
         logging.basicConfig(level=logging.WARNING,
                             format="%(levelname)s %(name)s: %(message)s")
+        maybe_initialize_distributed()  # a multi-host launch joins its job first
         run(flags.FLAGS.config, resume=flags.FLAGS.resume)
 
     app.run(main)

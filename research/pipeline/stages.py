@@ -39,6 +39,7 @@ from typing import Any, Callable, Sequence
 import jax
 import ml_collections
 from flax import nnx
+from jax.sharding import Mesh
 
 from research.analysis.drift import make_drift_curve
 from research.data.batches import BatchIterator, collate, plan_epoch
@@ -56,6 +57,7 @@ from research.training.checkpointing import Checkpointer
 from research.training.ema import ema_params, find_ema_state
 from research.training.loop import CurveRecorder, train
 from research.training.optim import make_optimizer, make_schedule
+from research.training.sharding import mesh_from_config, shard_params
 from research.training.state import split_model
 
 log = logging.getLogger(__name__)
@@ -140,10 +142,13 @@ def stage_drift_curve(stage_cfg: ml_collections.ConfigDict, drift_rows: Sequence
 def train_stage(*, label: str, source: str, source_key: str, rows: Sequence[Row],
                 stage_cfg: ml_collections.ConfigDict, model_cfg: ml_collections.ConfigDict,
                 cache_root: Path, resume: bool = False, progress: bool = True,
-                drift_rows: Sequence[Row] = ()) -> tuple[str, Path, dict]:
+                drift_rows: Sequence[Row] = (), mesh: Mesh | None = None
+                ) -> tuple[str, Path, dict]:
     """Fine-tune `source` on `rows` (or reuse the cached result); returns (key, entry
     folder, summary). The entry holds orbax/, hf/ (merged export), metrics.jsonl,
-    stage.json and, with drift enabled, drift.jsonl (`drift_rows` are the examples)."""
+    stage.json and, with drift enabled, drift.jsonl (`drift_rows` are the examples).
+    Training runs on `mesh` (default: data parallel over all devices); the mesh is not
+    part of the cache key, since it changes no result beyond float rounding."""
     if drift_enabled(stage_cfg) and not drift_rows:
         raise ValueError(f"stage {label}: drift is enabled but no drift rows were given")
     drift_rows = drift_rows if drift_enabled(stage_cfg) else ()
@@ -153,7 +158,7 @@ def train_stage(*, label: str, source: str, source_key: str, rows: Sequence[Row]
         return _train_entry(label=label, source=source, source_key=source_key, key=key,
                             entry=entry, rows=rows, stage_cfg=stage_cfg,
                             model_cfg=model_cfg, resume=resume, progress=progress,
-                            drift_rows=drift_rows)
+                            drift_rows=drift_rows, mesh=mesh)
 
 
 @contextlib.contextmanager
@@ -175,7 +180,7 @@ def stage_lock(entry: Path, label: str = ""):
 def _train_entry(*, label: str, source: str, source_key: str, key: str, entry: Path,
                  rows: Sequence[Row], stage_cfg: ml_collections.ConfigDict,
                  model_cfg: ml_collections.ConfigDict, resume: bool, progress: bool,
-                 drift_rows: Sequence[Row]) -> tuple[str, Path, dict]:
+                 drift_rows: Sequence[Row], mesh: Mesh | None) -> tuple[str, Path, dict]:
     """train_stage's body, run under the entry's lock."""
     meta = _read_entry(entry)
     if meta is not None and meta.get("complete"):
@@ -207,10 +212,12 @@ def _train_entry(*, label: str, source: str, source_key: str, key: str, entry: P
         lambda s: curve_line(curve(s.params)), entry / "drift.jsonl",
         every=int(stage_cfg.drift.every), last_step=num_steps)]
     step_fn, state = build_method(stage_cfg.method, ctx, trainable, int(stage_cfg.seed))
+    mesh = mesh_from_config() if mesh is None else mesh
+    state, frozen = shard_params(mesh, state), shard_params(mesh, frozen)
     with Checkpointer(entry / "orbax", save_every=int(stage_cfg.save_every)) as ckpt:
         state = train(step_fn, state, frozen, data, num_steps=num_steps,
                       metrics_path=entry / "metrics.jsonl", checkpointer=ckpt,
-                      resume=resume, progress=progress, desc=label, hooks=hooks)
+                      resume=resume, progress=progress, desc=label, hooks=hooks, mesh=mesh)
     params = state.params
     use_ema = find_ema_state(state.opt_state) is not None and opt_cfg.ema_mode == "track"
     if use_ema:  # evaluate and export the average (the `track` mode's model)
@@ -225,7 +232,8 @@ def _train_entry(*, label: str, source: str, source_key: str, key: str, entry: P
                "truncated": counts.truncated, "steps_per_epoch": data.steps_per_epoch,
                "final_loss": _last_loss(entry / "metrics.jsonl"),
                "exported_ema_average": use_ema,
-               "train_seconds": round(time.perf_counter() - start, 1), "cache_hit": False}
+               "train_seconds": round(time.perf_counter() - start, 1),
+               "mesh": dict(mesh.shape), "cache_hit": False}
     if curve is not None:  # the exported model (the EMA average in track mode)
         summary["drift"] = dict(curve(params), format_counts=drift_counts)
     if use_ema:

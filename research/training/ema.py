@@ -13,6 +13,10 @@ the optimiser proposes, forms theta_t = theta_{t-1} + u, and updates the average
   every step by (1 - beta) relative to the weights; it is the written-back variant the
   design asks for, kept distinct from a learning-rate change because it composes with
   any optimiser state.)
+It averages whatever the optimiser trains. Under LoRA that is the factors A and B, so the
+exported model uses avg(B) avg(A), which is not the average of the effective weight
+updates B A (the product of averages differs by their covariance); full fine-tuning
+averages the weights themselves.
 """
 
 from __future__ import annotations

@@ -9,8 +9,9 @@
 - The same jitted step runs on 1 device (a 1x1 mesh) and on N; XLA's SPMD partitioner
   inserts the gathers and reductions.
 - Multi-host: `maybe_initialize_distributed()` calls `jax.distributed.initialize()`
-  when the environment describes a multi-process job; each host then feeds its own
-  rows (`shard_batch` assembles the global array from process-local data).
+  when the environment describes a multi-process job. Every process builds the same
+  global batch (the iterators are seeded alike) and `shard_batch` places only the rows
+  of its own devices, so no host needs to know which rows the others hold.
 """
 
 from __future__ import annotations
@@ -46,12 +47,30 @@ def multi_host_environment(env: dict[str, str] | None = None) -> bool:
     return False
 
 
+def distributed_arguments(env: dict[str, str] | None = None) -> dict[str, Any]:
+    """`jax.distributed.initialize` arguments spelled out in the environment (coordinator,
+    process count and id); what is absent is left to JAX's cluster detection (SLURM,
+    Open MPI, TPU pods), which does not read the process count or id on its own."""
+    env = dict(os.environ if env is None else env)
+    args: dict[str, Any] = {}
+    address = env.get("JAX_COORDINATOR_ADDRESS") or env.get("COORDINATOR_ADDRESS")
+    if address:
+        args["coordinator_address"] = address
+    for name, arg in (("JAX_NUM_PROCESSES", "num_processes"), ("JAX_PROCESS_ID", "process_id")):
+        if env.get(name):
+            try:
+                args[arg] = int(env[name])
+            except ValueError:
+                raise ValueError(f"environment variable {name}={env[name]!r} is not an integer")
+    return args
+
+
 def maybe_initialize_distributed() -> bool:
     """Join the multi-host job if there is one (once); returns whether it is multi-host."""
     if not multi_host_environment():
         return False
     if not jax.distributed.is_initialized():
-        jax.distributed.initialize()
+        jax.distributed.initialize(**distributed_arguments())
     return True
 
 
@@ -69,6 +88,13 @@ def make_mesh(data: int = -1, fsdp: int = 1, devices: list | None = None) -> Mes
         raise ValueError(f"mesh data={data} x fsdp={fsdp} does not cover the {n} devices")
     grid = np.asarray(devices, dtype=object).reshape(data, fsdp)
     return Mesh(grid, AXES)
+
+
+def mesh_from_config(block: Any = None) -> Mesh:
+    """The run's mesh from a config's `mesh` block (`data`, `fsdp`; -1 takes the rest);
+    without one, data parallelism over all devices (a 1x1 mesh on one CPU)."""
+    block = block or {}
+    return make_mesh(int(block.get("data", -1)), int(block.get("fsdp", 1)))
 
 
 def fsdp_spec(shape: tuple[int, ...], fsdp_size: int) -> P:
@@ -104,17 +130,16 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 
 def shard_batch(mesh: Mesh, batch: dict[str, Any]) -> dict[str, jax.Array]:
-    """Put a host batch on the mesh; on multi-host each process passes its own rows."""
+    """Put the global host batch on the mesh, its rows split over the batch shards; each
+    process fills only its own devices' shards (the same call on 1 and N hosts)."""
     sharding = batch_sharding(mesh)
     ways = mesh.shape["data"] * mesh.shape["fsdp"]
     out = {}
     for name, value in batch.items():
         value = np.asarray(value)
-        if jax.process_count() > 1:
-            out[name] = jax.make_array_from_process_local_data(sharding, value)
-            continue
         if value.shape[0] % ways:
             raise ValueError(f"batch field {name!r} has {value.shape[0]} rows, not divisible "
                              f"by the {ways} batch shards of the mesh")
-        out[name] = jax.device_put(value, sharding)
+        out[name] = jax.make_array_from_callback(value.shape, sharding,
+                                                 lambda index, v=value: v[index])
     return out
