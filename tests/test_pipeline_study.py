@@ -18,7 +18,8 @@ from research.models import load_pretrained
 from research.pipeline.runs import RunFolderExistsError
 from tests.pipeline_fixtures import save_tiny_model, tiny_study_config
 
-LABELS = ["base", "sft", "sft+ft(p=0.25)", "sft+ft(p=0.25, ema=0.9)"]
+LABELS = ["base", "sft", "base+ft(p=0.25)", "base+ft(p=0.25, ema=0.9)", "sft+ft(p=0.25)",
+          "sft+ft(p=0.25, ema=0.9)"]
 
 
 @pytest.fixture(scope="module")
@@ -26,12 +27,12 @@ def study(tokenizer, tmp_path_factory):
     root = tmp_path_factory.mktemp("study")
     model_folder = save_tiny_model(root / "model", tokenizer)
     cfg = tiny_study_config(model_folder, root)
-    cfg.finetune.starts = ("aligned",)
+    cfg.finetune.starts = ("base", "aligned")  # the non-aligned and the aligned start
     return cfg, run_study(cfg, progress=False)
 
 
 def test_run_folder_is_complete(study):
-    _, path = study
+    cfg, path = study
     for name in ("config.json", "metrics.jsonl", "results.json", "report.md",
                  "plots/metrics.png", "plots/by_method_and_p.png"):
         assert (path / name).is_file(), name
@@ -45,13 +46,16 @@ def test_run_folder_is_complete(study):
     report = (path / "report.md").read_text()
     assert "| sft+ft(p=0.25, ema=0.9) |" in report and "95% CI" in report
     assert "EMA 0.9 vs no EMA" in report and "significant" in report.lower()
+    assert "base+ft(p=0.25) vs base" in report and "sft+ft(p=0.25) vs sft" in report
     listed = refusal_list()  # the notes count the list's phrases and patterns
     assert (f"keyword list version refusal-v1 ({len(listed['phrases'])} phrases and "
             f"{len(listed['patterns'])} patterns)") in report
     events = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
     stages = {e["stage"]: e for e in events if e["event"] == "stage"}
     # the EMA stage trains first and also writes the no-EMA stage (its raw weights)
-    assert list(stages) == ["align_sft", "ft_sft_p0.25_ema0.9", "ft_sft_p0.25_ema0"]
+    assert list(stages) == ["align_sft", "ft_base_p0.25_ema0.9", "ft_base_p0.25_ema0",
+                            "ft_sft_p0.25_ema0.9", "ft_sft_p0.25_ema0"]
+    assert stages["ft_base_p0.25_ema0.9"]["source"] == cfg.model.source  # from the base
     assert stages["ft_sft_p0.25_ema0"]["cache_hit"]
     assert stages["ft_sft_p0.25_ema0"]["trained_with_ema_stage"] == \
         stages["ft_sft_p0.25_ema0.9"]["key"]
@@ -119,7 +123,7 @@ def test_second_run_reuses_every_cached_stage(study):
     second = run_study(again, progress=False)
     events = [json.loads(line) for line in (second / "metrics.jsonl").read_text().splitlines()]
     stages = [e for e in events if e["event"] == "stage"]
-    assert len(stages) == 3 and all(e["cache_hit"] for e in stages)
+    assert len(stages) == 5 and all(e["cache_hit"] for e in stages)
     first = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
     assert [e["key"] for e in stages] == [e["key"] for e in first if e["event"] == "stage"]
     assert (second / "checkpoints" / "align_sft").resolve() == \
