@@ -49,8 +49,8 @@ def multi_host_environment(env: dict[str, str] | None = None) -> bool:
 
 def distributed_arguments(env: dict[str, str] | None = None) -> dict[str, Any]:
     """`jax.distributed.initialize` arguments spelled out in the environment (coordinator,
-    process count and id); what is absent is left to JAX's cluster detection (SLURM,
-    Open MPI, TPU pods), which does not read the process count or id on its own."""
+    process count and id). JAX reads the coordinator variable itself but not the other
+    two; what is absent is left to its cluster detection (SLURM, Open MPI, TPU pods)."""
     env = dict(os.environ if env is None else env)
     args: dict[str, Any] = {}
     address = env.get("JAX_COORDINATOR_ADDRESS") or env.get("COORDINATOR_ADDRESS")
