@@ -37,16 +37,27 @@ def run(data, fsdp):
     frozen = shard_params(mesh, frozen)
     step = make_sft_step(graphdef, opt, accum_steps=2,
                          state_shardings=param_shardings(mesh, state))
-    losses = []
+    losses, tokens = [], []
     for s in range(3):
         state, metrics = step(state, frozen, shard_batch(mesh, make_batch(rows=16, seed=s)))
         losses.append(float(metrics["loss"]))
+        tokens.append(float(metrics["tokens"]))
     spec = state.params["layers"]["w_up"][...].sharding.spec
-    return {"losses": losses, "w_up_spec": [str(a) for a in spec],
+    return {"losses": losses, "tokens": tokens, "w_up_spec": [str(a) for a in spec],
             "devices": len(state.params["layers"]["w_up"][...].sharding.device_set)}
 
 print(json.dumps({f"{d}x{f}": run(d, f) for d, f in json.loads(sys.argv[1])}))
 """
+
+
+# The same, launched as one process of a multi-process job (joined through
+# maybe_initialize_distributed from the JAX_* variables).
+PROCESS_SCRIPT = """
+import json, sys
+from research.training.sharding import maybe_initialize_distributed
+assert maybe_initialize_distributed()
+""" + SCRIPT.replace("print(json.dumps(", "import jax\nprint(json.dumps([jax.process_count(), ").replace(
+    "json.loads(sys.argv[1])}))", "json.loads(sys.argv[1])}]))")
 
 
 def _run(meshes: list[tuple[int, int]], devices: int) -> dict:
@@ -66,6 +77,35 @@ def test_eight_devices_give_the_one_device_losses():
     assert many["w_up_spec"] == ["None", "None", "fsdp"]  # [L, D, F=64]: F is largest
     np.testing.assert_allclose(many["losses"], single["losses"], rtol=1e-5)
     assert single["losses"][0] != single["losses"][-1]  # the run really trains
+
+
+def test_two_processes_give_the_one_process_losses():
+    """Two processes of 4 host devices each (one 'host' per process, gloo collectives)
+    train on one 4 (data) x 2 (fsdp) mesh: every process feeds the same global batch and
+    `shard_batch` places its own rows; the losses equal one 8-device process's."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for pid in range(2):
+        env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+                   JAX_PLATFORMS="cpu", JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
+                   JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
+                   JAX_PROCESS_ID=str(pid))
+        procs.append(subprocess.Popen([sys.executable, "-c", PROCESS_SCRIPT, "[[4, 2]]"],
+                                      cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    outputs = [p.communicate(timeout=300) for p in procs]
+    for p, (_, err) in zip(procs, outputs):
+        assert p.returncode == 0, err[-3000:]
+    reference = _run([(4, 2)], devices=8)["4x2"]
+    for out, _ in outputs:
+        count, runs = json.loads(out.strip().splitlines()[-1])
+        assert count == 2 and runs["4x2"]["devices"] == 8
+        np.testing.assert_allclose(runs["4x2"]["losses"], reference["losses"], rtol=1e-5)
+        assert runs["4x2"]["tokens"] == reference["tokens"]  # each row once, not per host
 
 
 def test_fsdp_spec_takes_the_largest_divisible_dimension():
