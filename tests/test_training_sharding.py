@@ -69,19 +69,23 @@ def _run(meshes: list[tuple[int, int]], devices: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def test_eight_devices_give_the_one_device_losses():
+@pytest.fixture(scope="module")
+def eight_device_runs() -> dict:
     """One process with 8 host devices: a 1-device mesh and a 2 (data) x 4 (fsdp) mesh."""
-    runs = _run([(1, 1), (2, 4)], devices=8)
-    single, many = runs["1x1"], runs["2x4"]
+    return _run([(1, 1), (2, 4)], devices=8)
+
+
+def test_eight_devices_give_the_one_device_losses(eight_device_runs):
+    single, many = eight_device_runs["1x1"], eight_device_runs["2x4"]
     assert single["devices"] == 1 and many["devices"] == 8
     assert many["w_up_spec"] == ["None", "None", "fsdp"]  # [L, D, F=64]: F is largest
     np.testing.assert_allclose(many["losses"], single["losses"], rtol=1e-5)
     assert single["losses"][0] != single["losses"][-1]  # the run really trains
 
 
-def test_two_processes_give_the_one_process_losses():
+def test_two_processes_give_the_one_process_losses(eight_device_runs):
     """Two processes of 4 host devices each (one 'host' per process, gloo collectives)
-    train on one 4 (data) x 2 (fsdp) mesh: every process feeds the same global batch and
+    train on one 2 (data) x 4 (fsdp) mesh: every process feeds the same global batch and
     `shard_batch` places its own rows; the losses equal one 8-device process's."""
     import socket
 
@@ -94,18 +98,18 @@ def test_two_processes_give_the_one_process_losses():
                    JAX_PLATFORMS="cpu", JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
                    JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
                    JAX_PROCESS_ID=str(pid))
-        procs.append(subprocess.Popen([sys.executable, "-c", PROCESS_SCRIPT, "[[4, 2]]"],
+        procs.append(subprocess.Popen([sys.executable, "-c", PROCESS_SCRIPT, "[[2, 4]]"],
                                       cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, text=True))
     outputs = [p.communicate(timeout=300) for p in procs]
     for p, (_, err) in zip(procs, outputs):
         assert p.returncode == 0, err[-3000:]
-    reference = _run([(4, 2)], devices=8)["4x2"]
+    reference = eight_device_runs["2x4"]
     for out, _ in outputs:
         count, runs = json.loads(out.strip().splitlines()[-1])
-        assert count == 2 and runs["4x2"]["devices"] == 8
-        np.testing.assert_allclose(runs["4x2"]["losses"], reference["losses"], rtol=1e-5)
-        assert runs["4x2"]["tokens"] == reference["tokens"]  # each row once, not per host
+        assert count == 2 and runs["2x4"]["devices"] == 8
+        np.testing.assert_allclose(runs["2x4"]["losses"], reference["losses"], rtol=1e-5)
+        assert runs["2x4"]["tokens"] == reference["tokens"]  # each row once, not per host
 
 
 def test_fsdp_spec_takes_the_largest_divisible_dimension():
