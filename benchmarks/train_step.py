@@ -6,10 +6,11 @@ Full fine-tuning of the embedded SmolLM2-135M-Instruct on one batch (8 x 128 tok
 AdamW with global-norm clipping at 1.0 on both sides. The JAX and torch steps are timed
 in alternating rounds so that load from other processes on a shared CPU hits both
 alike; in each round every step runs once untimed and then once timed (the step after a
-switch of framework is slow for both), and each side reports its median timed step. Torch is timed with its default thread
-count and with one thread, and the faster is the reference: with a core taken by
-another process, torch's OpenMP threads wait on each other at every parallel region
-(a 2-thread step measured 5-8x slower than a 1-thread one), which would flatter JAX.
+switch of framework is slow for both), and each side reports its median timed step.
+Torch is timed with its default thread count and with one thread, and the faster is
+the reference: with a core taken by another process, torch's OpenMP threads wait on
+each other at every parallel region (a 2-thread step measured 5-8x slower than a
+1-thread one), which would flatter JAX.
 `other_load_cores` is the mean CPU use of other processes while timing (from
 /proc/stat); rerun when it is well above 0 for figures you report.
 

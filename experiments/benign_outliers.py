@@ -146,6 +146,7 @@ def run_study(cfg: ml_collections.ConfigDict, *, resume: bool = False, progress:
     method = str(cfg.align.method)
     labels = {"aligned": method} | {arm: f"{method}+ft({arm})" for arm in ARMS}
     models = {"aligned": (str(entry), key)}
+    mesh = mesh_from_config(cfg.get("mesh"))  # one mesh for both arms' trainings
     for arm in ARMS:
         sel, arm_pool, _ = arms[arm]
         rows = [arm_pool[i] for i in sel.indices]
@@ -156,7 +157,7 @@ def run_study(cfg: ml_collections.ConfigDict, *, resume: bool = False, progress:
         k2, e2, s2 = train_stage(label=labels[arm], source=str(entry), source_key=key,
                                  rows=rows, stage_cfg=block, model_cfg=cfg.model,
                                  cache_root=cache, resume=resume, progress=progress,
-                                 mesh=mesh_from_config(cfg.get("mesh")))
+                                 mesh=mesh)
         link(run.checkpoint(f"ft_{method}_{arm}"), e2)
         run.log({"event": "stage", "stage": f"ft_{method}_{arm}", "key": k2, **s2})
         models[arm] = (str(e2), k2)

@@ -105,6 +105,7 @@ def run_study(cfg: ml_collections.ConfigDict, *, resume: bool = False, progress:
     starts = [s for start in cfg.finetune.starts
               for s in (["base"] if start == "base" else list(arms))]
     drift_examples = drift_rows(cfg, data)
+    mesh = mesh_from_config(cfg.get("mesh"))  # one mesh for every stage-2 training
     variants: dict[str, dict] = {}
     curves: dict[str, list[dict]] = {}
     for start_label in starts:
@@ -119,7 +120,7 @@ def run_study(cfg: ml_collections.ConfigDict, *, resume: bool = False, progress:
                                       rows=rows, stage_cfg=finetune_block(cfg, p, beta),
                                       model_cfg=cfg.model, cache_root=cache, resume=resume,
                                       progress=progress, drift_rows=drift_examples,
-                                      mesh=mesh_from_config(cfg.get("mesh")))
+                                      mesh=mesh)
                 stage = f"ft_{start_label}_p{p:g}_ema{beta:g}"
                 link(run.checkpoint(stage), e)
                 drift = s.pop("drift", None)

@@ -61,6 +61,7 @@ def run_sweep(cfg: ml_collections.ConfigDict, *, resume: bool = False,
     rows = study_data.user_rows(cfg, data, cfg.sweep.p)
     results, records, cells = {}, {}, []
     grid = sweep.grid(cfg.sweep)
+    mesh = mesh_from_config(cfg.get("mesh"))  # one mesh for every cell's training
     # EMA cells first: a track-mode EMA cell also writes its no-EMA twin (one training)
     for cell in sorted(grid, key=lambda c: c["ema"] == 0):
         label = sweep.cell_label(cell)
@@ -68,7 +69,7 @@ def run_sweep(cfg: ml_collections.ConfigDict, *, resume: bool = False,
         k, e, s = train_stage(label=label, source=str(entry), source_key=key, rows=rows,
                               stage_cfg=cell_block(cfg, cell), model_cfg=cfg.model,
                               cache_root=cache, resume=resume, progress=progress,
-                              mesh=mesh_from_config(cfg.get("mesh")))
+                              mesh=mesh)
         res, records[label] = evaluate_stage(label=label, source=str(e), model_key=k,
                                 sets=data["eval_sets"], eval_cfg=cfg.eval, cache_root=cache,
                                 generate_fn=generate_fn)
