@@ -237,7 +237,7 @@ class Decoder(nnx.Module):
         else:
             kv_mask = jax.lax.dynamic_update_slice(cache.mask, attention_mask, (0, cache.index))
             offset = cache.index
-        mask = visibility_mask(kv_mask, offset, T, cfg.sliding_window)[:, None, None]
+        bias = attention_bias(visibility_mask(kv_mask, offset, T, cfg.sliding_window))
 
         dtype = self.compute_dtype
         inv_freq = rope_frequencies(cfg)
@@ -283,7 +283,7 @@ class Decoder(nnx.Module):
                 new_cache = (k, v)
             else:
                 new_cache = None
-            attn = grouped_attention(q, k.astype(dtype), v.astype(dtype), mask)
+            attn = grouped_attention(q, k.astype(dtype), v.astype(dtype), bias)
             attn = site("attn_out", proj(checkpoint_name(attn.reshape(N, -1), "attn"), "o"))
             x = checkpoint_name(x + attn, "resid_mid")
             h = rms_norm(x, p["mlp_norm"], cfg.rms_norm_eps)
@@ -334,16 +334,34 @@ class Decoder(nnx.Module):
 
 
 
-def grouped_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
-    """Grouped-query attention. q `[B,T,H,hd]`, k/v `[B,S,K,hd]`, mask `[B,1,1,T,S]`."""
+def attention_bias(visible: jax.Array) -> jax.Array:
+    """Additive float32 bias `[B, 1, 1, T, S]` from a boolean visibility mask `[B, T, S]`:
+    0 where a key is visible, -1e30 where not (a fully masked row stays uniform, as with
+    a select). Built once per forward, outside the layer loop."""
+    return jnp.where(visible, 0.0, _NEG_INF).astype(jnp.float32)[:, None, None]
+
+
+def grouped_attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array) -> jax.Array:
+    """Grouped-query attention. q `[B,T,H,hd]`, k/v `[B,S,K,hd]`, bias `[B,1,1,T,S]`.
+
+    Why this layout: the G query heads that share a KV head are folded into the rows
+    (`[B, K, G*T, hd]`), so scores and values are K batched matmuls per example with
+    G times taller operands, and the scale is applied to q (T*H*hd values) rather than
+    to the scores. On XLA:CPU this halved the attention core's forward+backward time
+    for SmolLM2-135M at 8 x 128 (16 ms -> 8 ms per layer), against a `bkgts` einsum
+    with a select mask.
+    """
     B, T, H, hd = q.shape
-    K = k.shape[2]
-    q = q.reshape(B, T, K, H // K, hd)
-    scores = _at_least_f32(jnp.einsum("btkgd,bskd->bkgts", q, k)) / math.sqrt(hd)
-    scores = jnp.where(mask, scores, _NEG_INF)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
-    return out.reshape(B, T, H, hd)
+    S, K = k.shape[1], k.shape[2]
+    G = H // K
+    q = (q * (1.0 / math.sqrt(hd))).astype(q.dtype)
+    q = q.reshape(B, T, K, G, hd).transpose(0, 2, 3, 1, 4).reshape(B, K, G * T, hd)
+    k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)       # [B, K, S, hd]
+    scores = _at_least_f32(jnp.einsum("bkqd,bksd->bkqs", q, k))
+    scores = scores.reshape(B, K, G, T, S) + bias
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(B, K, G * T, S)
+    out = jnp.einsum("bkqs,bksd->bkqd", probs, v).reshape(B, K, G, T, hd)
+    return out.transpose(0, 3, 1, 2, 4).reshape(B, T, H, hd)
 
 
 def init_decoder(config: ModelConfig, *, seed: int = 0, lora: LoRAConfig | None = None,
