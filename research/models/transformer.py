@@ -349,12 +349,17 @@ def grouped_attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array)
     G times taller operands, and the scale is applied to q (T*H*hd values) rather than
     to the scores. On XLA:CPU this halved the attention core's forward+backward time
     for SmolLM2-135M at 8 x 128 (16 ms -> 8 ms per layer), against a `bkgts` einsum
-    with a select mask.
+    with a select mask. A decode step (T = 1) keeps the cache's `[B, S, K, hd]` layout:
+    transposing the cache on every step cost 3.5% of decoding throughput.
     """
     B, T, H, hd = q.shape
     S, K = k.shape[1], k.shape[2]
     G = H // K
     q = (q * (1.0 / math.sqrt(hd))).astype(q.dtype)
+    if T == 1:  # a decode step: contract against the cache as stored, no transposed copy
+        scores = _at_least_f32(jnp.einsum("bkgd,bskd->bkgs", q.reshape(B, K, G, hd), k))
+        probs = jax.nn.softmax(scores + bias[:, :, :, 0], axis=-1).astype(v.dtype)
+        return jnp.einsum("bkgs,bskd->bkgd", probs, v).reshape(B, 1, H, hd)
     q = q.reshape(B, T, K, G, hd).transpose(0, 2, 3, 1, 4).reshape(B, K, G * T, hd)
     k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)       # [B, K, S, hd]
     scores = _at_least_f32(jnp.einsum("bkqd,bksd->bkqs", q, k))
