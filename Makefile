@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-v1
 .PHONY: install test demo bench clean
 
 # XLA:CPU maps each step's temporary buffers afresh (about 1.5 GB for a full fine-tuning
-# step of the embedded model); on transparent huge pages that is ~700 page faults instead
+# step of the embedded model); on transparent huge pages that is ~1.1k page faults instead
 # of ~357k, about 5% of a step. glibc >= 2.35 reads this; others ignore it.
 export GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1
 
@@ -22,8 +22,9 @@ $(STAMP): setup.py Makefile
 install: $(STAMP)
 
 test: $(STAMP)
-	# two workers: most tests are bound by single-threaded XLA compilation
-	$(PY) -m pytest -q -n 2 tests
+	# two workers: most tests are bound by single-threaded XLA compilation. loadscope keeps
+	# a module's tests on one worker, so a module-scoped study fixture is built once.
+	$(PY) -m pytest -q -n 2 --dist loadscope tests
 
 demo: $(STAMP)
 	$(PY) -m experiments.harmful_finetuning --config configs/demo.py

@@ -17,7 +17,9 @@ each other at every parallel region (a 2-thread step measured 5-8x slower than a
 Also: the LoRA (r=8, all targets) step, peak memory, and the achieved model FLOP/s of
 the full step as a fraction of this CPU's measured float32 matmul FLOP/s (the best rate
 of XLA or torch on a square matmul, re-measured in every round so a busy moment cannot
-lower it).
+lower it). And the step's own GEMMs timed alone in both frameworks (`step_gemms`):
+`gemm_time_ratio` is the ratio a step made of nothing but its matmuls would have, which
+separates the kernels each framework calls from the work around them.
 
 Model FLOPs follow the usual accounting (MaxText's performance_metrics): 6 x matmul
 parameters x tokens for the projections and the (tied) output head, plus
@@ -45,6 +47,8 @@ from research.models.config import ModelConfig
 from research.models.loading import embedded_folder
 from research.training.state import init_train_state, split_model
 from research.training.steps import make_sft_step
+
+from benchmarks.step_gemms import print_gemm_table, step_gemms, summarize, time_gemms
 
 ALIAS = "smollm2-135m-instruct"
 LR, WEIGHT_DECAY, CLIP = 1e-5, 0.01, 1.0
@@ -230,6 +234,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                   **torch_runners, "jax_lora": jax_lora,
                                   **matmul_runners()}, rounds, settle=True)
     times = {name: statistics.median(ts) for name, ts in raw.items()}
+    gemms = time_gemms(step_gemms(cfg, args.rows, args.length), calls=3 if args.quick else 7)
     peak = {name: 3 * 2.0 * MATMUL_SIZE ** 3 / min(raw[name])
             for name in ("matmul_xla", "matmul_torch")}
     best_jax = min(("jax_full", "jax_full_remat"), key=times.get)
@@ -255,6 +260,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "flops_fraction_of_matmul_peak": flops / times[best_jax] / cpu_peak,
         "torch_flops_fraction_of_matmul_peak": flops / times["torch_best"] / cpu_peak,
         "model_flops_per_step": flops,
+        **summarize(gemms),
         "matmul_peak_flops_xla": peak["matmul_xla"],
         "matmul_peak_flops_torch": peak["matmul_torch"],
         "sft_step_peak_bytes_xla": jax_memory.get("xla_step_peak_bytes"),
@@ -264,6 +270,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "batch": [args.rows, args.length],
         "rounds": rounds,
     }
+    print_gemm_table(gemms)
     print_table(result, times)
     print(json.dumps(result))
     return result
@@ -298,6 +305,9 @@ def print_table(r: dict[str, Any], times: dict[str, float]) -> None:
           f"{r['sft_no_remat_tokens_per_s_ratio']:.2f}, remat {r['sft_remat_tokens_per_s_ratio']:.2f})")
     print(f"matmul peak: XLA {r['matmul_peak_flops_xla'] / 1e9:.1f} GFLOP/s, "
           f"torch {r['matmul_peak_flops_torch'] / 1e9:.1f} GFLOP/s")
+    print(f"the step's GEMMs alone: XLA {r['gemm_seconds_xla']:.2f} s, torch "
+          f"{r['gemm_seconds_torch']:.2f} s per step; torch/XLA {r['gemm_time_ratio']:.2f}, "
+          f"the ratio a GEMM-only step would have")
     print(f"model FLOP/s fraction of matmul peak: JAX {r['flops_fraction_of_matmul_peak']:.2f}, "
           f"torch {r['torch_flops_fraction_of_matmul_peak']:.2f}")
     if r["sft_step_peak_bytes_xla"]:

@@ -3,12 +3,15 @@ measures against their plain references."""
 
 from __future__ import annotations
 
+from collections import Counter
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
+from benchmarks.step_gemms import Gemm, step_gemms, summarize, time_gemms
 from benchmarks.train_step import make_batch, model_flops_per_step, step_times, with_torch_threads
 from research.models.transformer import init_decoder
 from research.training.losses import masked_nll_sum, sft_loss_sum
@@ -76,3 +79,34 @@ def test_step_times_settle_runs_each_step_untimed_first():
                           settle=True)
     assert calls == ["a", "a", "b", "b", "a", "a", "b", "b"]
     assert [len(v) for v in times.values()] == [2, 2]
+
+
+def test_step_gemms_account_for_every_projection_and_head_flop():
+    # TINY: D=32, F=64, L=2, q 32, kv 16, V=128; the head runs on rows x (length - 1).
+    rows, length = 2, 4
+    gemms = step_gemms(TINY, rows, length)
+    per_layer = 32 * 32 + 2 * 32 * 16 + 32 * 32 + 3 * 32 * 64
+    expected = 6 * 2 * per_layer * rows * length + 6 * 32 * 128 * rows * (length - 1)
+    assert sum(g.flops * n for g, n in gemms.items()) == expected
+    # each layout in equal FLOPs: forward, input gradient, weight gradient
+    by_layout = {lay: sum(g.flops * n for g, n in gemms.items() if g.layout == lay)
+                 for lay in ("NN", "NT", "TN")}
+    assert by_layout["NN"] == by_layout["NT"] == by_layout["TN"] == expected / 3
+    assert gemms[Gemm("NN", rows * length, 32, 16)] == 2 * 2  # k and v, two layers
+
+
+def test_timed_gemms_compute_the_products_their_layouts_name():
+    pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    for gemm in (Gemm("NN", 3, 5, 4), Gemm("NT", 3, 5, 4), Gemm("TN", 3, 5, 4)):
+        lhs, rhs = (rng.standard_normal(s).astype(np.float32) for s in gemm.operand_shapes())
+        a = lhs.T if gemm.layout == "TN" else lhs
+        b = rhs.T if gemm.layout == "NT" else rhs
+        assert (a @ b).shape == (gemm.m, gemm.n)
+    results = time_gemms(Counter({Gemm("NT", 8, 16, 4): 3, Gemm("TN", 4, 8, 16): 1}), calls=1)
+    assert [r["count"] for r in results] == [3, 1]
+    assert all(r["xla_s"] > 0 and r["torch_s"] > 0 for r in results)
+    total = summarize(results)
+    assert total["gemm_seconds_xla"] == pytest.approx(3 * results[0]["xla_s"] + results[1]["xla_s"])
+    assert total["gemm_time_ratio"] == pytest.approx(total["gemm_seconds_torch"]
+                                                     / total["gemm_seconds_xla"])
