@@ -35,7 +35,7 @@ import os
 import resource
 import statistics
 import time
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -99,10 +99,11 @@ def matmul_runners(size: int = MATMUL_SIZE) -> dict[str, Callable]:
     return {"matmul_xla": xla, "matmul_torch": reference}
 
 
-def _timed(fn: Callable[[], Any]) -> float:
-    start = time.perf_counter()
+def _timed(fn: Callable[[], Any]) -> tuple[float, float]:
+    """Wall seconds of one call, and the CPU seconds the process spent in the kernel."""
+    kernel, start = os.times().system, time.perf_counter()
     fn()
-    return time.perf_counter() - start
+    return time.perf_counter() - start, os.times().system - kernel
 
 
 def jax_step_runner(mode: str, batch: dict[str, np.ndarray], remat: bool = False
@@ -181,10 +182,19 @@ def busy_cpu_seconds() -> float | None:
     return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # minus idle, iowait
 
 
-def step_times(runners: dict[str, Callable], rounds: int, *, settle: bool = False
-               ) -> tuple[dict[str, list[float]], float | None]:
-    """Seconds per call of each runner, timed in alternating rounds, and the mean number
-    of cores that other processes kept busy meanwhile (None where unknown).
+class StepTimes(NamedTuple):
+    seconds: dict[str, list[float]]  # wall seconds per timed call, by runner
+    kernel_seconds: dict[str, list[float]]  # CPU seconds in the kernel in those calls
+    other_load_cores: float | None  # mean cores other processes kept busy (None: unknown)
+
+
+def step_times(runners: dict[str, Callable], rounds: int, *, settle: bool = False) -> StepTimes:
+    """Each runner timed in alternating rounds, with its kernel CPU time and the load of
+    other processes meanwhile.
+
+    Kernel time (page faults, thread wake-ups) is reported because it is where a step's
+    time moves between runs on a quiet machine: torch's full fine-tuning step spent 1.0-2.1
+    s of it per step on a 2-core CPU, JAX's 0.2 s.
 
     With `settle`, each runner is called once untimed before its timed call in every
     round. Why: the first step after the other framework ran is slow for reasons that
@@ -193,17 +203,20 @@ def step_times(runners: dict[str, Callable], rounds: int, *, settle: bool = Fals
     ever runs one framework.
     """
     times: dict[str, list[float]] = {name: [] for name in runners}
+    kernel: dict[str, list[float]] = {name: [] for name in runners}
     busy0, own0, wall0 = busy_cpu_seconds(), time.process_time(), time.perf_counter()
     for _ in range(rounds):
         for name, run in runners.items():
             if settle:
                 run()
-            times[name].append(_timed(run))
+            wall, system = _timed(run)
+            times[name].append(wall)
+            kernel[name].append(system)
     busy1, own1, wall1 = busy_cpu_seconds(), time.process_time(), time.perf_counter()
     others = None
     if busy0 is not None and busy1 is not None:
         others = max(0.0, (busy1 - busy0) - (own1 - own0)) / (wall1 - wall0)
-    return times, others
+    return StepTimes(times, kernel, others)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -230,9 +243,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if torch_threads > 1:
         torch_runners["torch_full_1_thread"] = with_torch_threads(torch_full, 1)
     jax_lora, lora_memory = jax_step_runner("lora", batch)
-    raw, other_load = step_times({"jax_full": jax_full, "jax_full_remat": jax_remat,
-                                  **torch_runners, "jax_lora": jax_lora,
-                                  **matmul_runners()}, rounds, settle=True)
+    raw, raw_kernel, other_load = step_times(
+        {"jax_full": jax_full, "jax_full_remat": jax_remat, **torch_runners,
+         "jax_lora": jax_lora, **matmul_runners()}, rounds, settle=True)
     times = {name: statistics.median(ts) for name, ts in raw.items()}
     gemms = time_gemms(step_gemms(cfg, args.rows, args.length), calls=3 if args.quick else 7)
     peak = {name: 3 * 2.0 * MATMUL_SIZE ** 3 / min(raw[name])
@@ -256,6 +269,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "torch_1_thread_tokens_per_s": (tokens / times["torch_full_1_thread"]
                                         if "torch_full_1_thread" in times else None),
         "other_load_cores": other_load,
+        "sft_kernel_seconds_per_step": statistics.median(raw_kernel[best_jax]),
+        "torch_kernel_seconds_per_step": statistics.median(raw_kernel[best_torch]),
         "lora_tokens_per_s": tokens / times["jax_lora"],
         "flops_fraction_of_matmul_peak": flops / times[best_jax] / cpu_peak,
         "torch_flops_fraction_of_matmul_peak": flops / times["torch_best"] / cpu_peak,
@@ -315,6 +330,8 @@ def print_table(r: dict[str, Any], times: dict[str, float]) -> None:
               f"{r['sft_step_peak_bytes_xla'] / gib:.2f} GiB, LoRA "
               f"{r['lora_step_peak_bytes_xla'] / gib:.2f} GiB")
     print(f"process peak RSS (both frameworks loaded): {r['process_peak_rss_bytes'] / gib:.2f} GiB")
+    print(f"CPU seconds in the kernel per step: JAX {r['sft_kernel_seconds_per_step']:.2f}, "
+          f"torch {r['torch_kernel_seconds_per_step']:.2f}")
     if r["other_load_cores"] is not None:
         print(f"other processes kept {r['other_load_cores']:.2f} cores busy while timing")
 

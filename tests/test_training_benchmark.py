@@ -3,6 +3,7 @@ measures against their plain references."""
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 
 import jax
@@ -67,16 +68,31 @@ def test_torch_reference_runs_with_the_requested_threads_and_restores_them():
 
 def test_step_times_alternate_runners_and_report_other_load():
     calls = []
-    times, others = step_times({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, 2)
+    times, kernel, others = step_times(
+        {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, 2)
     assert calls == ["a", "b", "a", "b"]
     assert [len(v) for v in times.values()] == [2, 2]
+    assert [len(v) for v in kernel.values()] == [2, 2]
+    assert all(t >= 0.0 for ts in kernel.values() for t in ts)
     assert others is None or others >= 0.0
+
+
+def test_kernel_time_is_charged_to_the_runner_that_spent_it():
+    def syscalls():  # only system calls: opening a file many times
+        for _ in range(100000):
+            os.close(os.open(os.devnull, os.O_RDONLY))
+
+    def arithmetic():
+        sum(i * i for i in range(200000))
+
+    _, kernel, _ = step_times({"syscalls": syscalls, "arithmetic": arithmetic}, 3)
+    assert min(kernel["syscalls"]) > max(kernel["arithmetic"])
 
 
 def test_step_times_settle_runs_each_step_untimed_first():
     calls = []
-    times, _ = step_times({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, 2,
-                          settle=True)
+    times, _, _ = step_times({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, 2,
+                             settle=True)
     assert calls == ["a", "a", "b", "b", "a", "a", "b", "b"]
     assert [len(v) for v in times.values()] == [2, 2]
 
