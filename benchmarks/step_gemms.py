@@ -1,13 +1,14 @@
 """The matrix multiplies of one full fine-tuning step, timed alone in XLA and in torch.
 
 Why: the step ratio mixes two things, the matmul kernels each framework calls and
-everything around them. Timing the step's own GEMMs (same shapes, same transposes,
-same count) in both frameworks separates them: `gemm_time_ratio` is the tokens/s ratio
-the step would have if it were nothing but its GEMMs. Attention's batched T x T
-products (about 3% of the step's FLOPs) are left out.
+everything around them. Timing each framework's own GEMMs of the step (its shapes, its
+transposes, how often each runs) separates them: `gemm_time_ratio` is the tokens/s ratio
+the two steps would have if they were nothing but their GEMMs. Attention's batched T x T
+products (about 3% of the step's FLOPs) are left out, and so is remat's recomputation.
 
-Layouts: "NN" is x @ W, "NT" is dy @ W.T, "TN" is x.T @ dy, as in the forward pass,
-the input gradient and the weight gradient of `y = x @ W`.
+Layouts: "NN" is a @ b, "NT" is a @ b.T, "TN" is a.T @ b. For `y = x @ W` the forward,
+input gradient and weight gradient take different layouts depending on how W is stored:
+[in, out] here, [out, in] in torch's `nn.Linear` (and in any tied embedding, [V, D]).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections import Counter
-from typing import NamedTuple
+from typing import Callable, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -24,11 +25,13 @@ from jax import lax
 
 from research.models.config import ModelConfig
 
+Layout = Literal["NN", "NT", "TN"]
+WeightLayout = Literal["in_out", "out_in"]
 _DIMS = {"NN": ((1,), (0,)), "NT": ((1,), (1,)), "TN": ((0,), (0,))}
 
 
 class Gemm(NamedTuple):
-    layout: str  # "NN", "NT" or "TN"
+    layout: Layout
     m: int  # output rows
     k: int  # contracted size
     n: int  # output columns
@@ -37,38 +40,83 @@ class Gemm(NamedTuple):
     def flops(self) -> float:
         return 2.0 * self.m * self.k * self.n
 
+    @property
     def operand_shapes(self) -> tuple[tuple[int, int], tuple[int, int]]:
         lhs = (self.k, self.m) if self.layout == "TN" else (self.m, self.k)
         rhs = (self.n, self.k) if self.layout == "NT" else (self.k, self.n)
         return lhs, rhs
 
 
-def step_gemms(cfg: ModelConfig, rows: int, length: int) -> Counter[Gemm]:
-    """Each distinct GEMM of one training step with how often it runs.
+def linear_gemms(rows: int, d_in: int, d_out: int, weights: WeightLayout
+                 ) -> tuple[Gemm, Gemm, Gemm]:
+    """Forward, input gradient and weight gradient of `y = x @ W` over `rows` rows."""
+    if weights == "in_out":  # W [in, out]: x @ W, dy @ W.T, dW = x.T @ dy
+        return (Gemm("NN", rows, d_in, d_out), Gemm("NT", rows, d_out, d_in),
+                Gemm("TN", d_in, rows, d_out))
+    # W [out, in]: x @ W.T, dy @ W, dW = dy.T @ x
+    return (Gemm("NT", rows, d_in, d_out), Gemm("NN", rows, d_out, d_in),
+            Gemm("TN", d_out, rows, d_in))
 
-    Per layer and projection W [d_in, d_out] over N = rows x length tokens: the forward
-    x @ W, the input gradient dy @ W.T and the weight gradient x.T @ dy. The output head
-    (the tied embedding E [V, D]) runs on the rows that predict a next token,
-    rows x (length - 1): logits h @ E.T, dh = dlogits @ E, dE = dlogits.T @ h.
+
+class StepGemm(NamedTuple):
+    """One product of the step as each framework runs it."""
+    jax: Gemm
+    torch: Gemm
+
+
+def step_gemms(cfg: ModelConfig, rows: int, length: int) -> Counter[StepGemm]:
+    """Each distinct GEMM of one full fine-tuning step, with how often it runs.
+
+    JAX: this project's step (projections stored [in, out]; the head runs only on the
+    rows x (length - 1) positions that predict a token). torch: transformers' step
+    (`nn.Linear` weights [out, in]; logits for all rows x length positions).
     """
     tokens = rows * length
-    d, q, kv = cfg.hidden_size, cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
-    projections = [(d, q), (d, kv), (d, kv), (q, d),
-                   (d, cfg.intermediate_size), (d, cfg.intermediate_size),
-                   (cfg.intermediate_size, d)]
+    steps: Counter[StepGemm] = Counter()
+    for d_in, d_out in cfg.projection_shapes.values():
+        for pair in zip(linear_gemms(tokens, d_in, d_out, "in_out"),
+                        linear_gemms(tokens, d_in, d_out, "out_in")):
+            steps[StepGemm(*pair)] += cfg.num_layers
+    d, v = cfg.hidden_size, cfg.vocab_size
+    jax_head = linear_gemms(rows * (length - 1), d, v,
+                            "out_in" if cfg.tie_word_embeddings else "in_out")
+    for pair in zip(jax_head, linear_gemms(tokens, d, v, "out_in")):
+        steps[StepGemm(*pair)] += 1
+    return steps
+
+
+def framework_gemms(steps: Counter[StepGemm], framework: str) -> Counter[Gemm]:
+    """One framework's side of `step_gemms`: its GEMMs and their counts."""
     gemms: Counter[Gemm] = Counter()
-    for d_in, d_out in projections:
-        gemms[Gemm("NN", tokens, d_in, d_out)] += cfg.num_layers
-        gemms[Gemm("NT", tokens, d_out, d_in)] += cfg.num_layers
-        gemms[Gemm("TN", d_in, tokens, d_out)] += cfg.num_layers
-    predicted = rows * (length - 1)
-    gemms[Gemm("NT", predicted, d, cfg.vocab_size)] += 1
-    gemms[Gemm("NN", predicted, cfg.vocab_size, d)] += 1
-    gemms[Gemm("TN", cfg.vocab_size, predicted, d)] += 1
+    for pair, count in steps.items():
+        gemms[getattr(pair, framework)] += count
     return gemms
 
 
-def _median_seconds(fn, calls: int) -> float:
+def gemm_operands(gemm: Gemm, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    return tuple(rng.standard_normal(s, dtype=np.float32) for s in gemm.operand_shapes)
+
+
+def xla_product(gemm: Gemm) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    return jax.jit(lambda a, b: lax.dot_general(a, b, (_DIMS[gemm.layout], ((), ()))))
+
+
+def torch_product(gemm: Gemm) -> Callable:
+    import torch
+
+    def product(a: "torch.Tensor", b: "torch.Tensor") -> "torch.Tensor":
+        return torch.mm(a.T if gemm.layout == "TN" else a, b.T if gemm.layout == "NT" else b)
+    return product
+
+
+class GemmTiming(NamedTuple):
+    gemm: StepGemm
+    count: int
+    xla_s: float  # median seconds of one call
+    torch_s: float
+
+
+def _median_seconds(fn: Callable[[], object], calls: int) -> float:
     fn()  # warm-up (and compilation, for XLA)
     times = []
     for _ in range(calls):
@@ -78,41 +126,45 @@ def _median_seconds(fn, calls: int) -> float:
     return statistics.median(times)
 
 
-def time_gemms(gemms: Counter[Gemm], calls: int = 7, seed: int = 0) -> list[dict]:
-    """Median seconds of each GEMM in XLA and in torch, alternating per shape so that a
-    busy moment hits both. float32, torch at its current thread count."""
+def time_step_gemms(cfg: ModelConfig, rows: int, length: int, calls: int = 7,
+                    torch_threads: int | None = None, seed: int = 0) -> list[GemmTiming]:
+    """Each of the step's products timed in both frameworks, alternately per product so
+    that a busy moment hits both. float32; torch at `torch_threads` (default: its
+    current count), restored afterwards."""
     import torch
 
     rng = np.random.default_rng(seed)
-    results = []
-    for gemm, count in gemms.items():
-        lhs, rhs = (rng.standard_normal(s, dtype=np.float32) for s in gemm.operand_shapes())
-        dims = (_DIMS[gemm.layout], ((), ()))
-        xla = jax.jit(lambda a, b, dims=dims: lax.dot_general(a, b, dims))
-        a, b = jnp.asarray(lhs), jnp.asarray(rhs)
-        ta, tb = torch.from_numpy(lhs), torch.from_numpy(rhs)
-        ta = ta.T if gemm.layout == "TN" else ta
-        tb = tb.T if gemm.layout == "NT" else tb
-        xla_s = _median_seconds(lambda: xla(a, b).block_until_ready(), calls)
-        torch_s = _median_seconds(lambda: torch.mm(ta, tb), calls)
-        results.append({"gemm": gemm, "count": count, "xla_s": xla_s, "torch_s": torch_s})
-    return results
+    before = torch.get_num_threads()
+    torch.set_num_threads(torch_threads or before)
+    try:
+        timings = []
+        for pair, count in step_gemms(cfg, rows, length).items():
+            a, b = (jnp.asarray(x) for x in gemm_operands(pair.jax, rng))
+            ta, tb = (torch.from_numpy(x) for x in gemm_operands(pair.torch, rng))
+            xla, reference = xla_product(pair.jax), torch_product(pair.torch)
+            xla_s = _median_seconds(lambda: xla(a, b).block_until_ready(), calls)
+            torch_s = _median_seconds(lambda: reference(ta, tb), calls)
+            timings.append(GemmTiming(pair, count, xla_s, torch_s))
+    finally:
+        torch.set_num_threads(before)
+    return timings
 
 
-def summarize(results: list[dict]) -> dict[str, float]:
-    """Total seconds per step of all GEMMs in each framework, and torch / XLA."""
-    xla = sum(r["xla_s"] * r["count"] for r in results)
-    torch_total = sum(r["torch_s"] * r["count"] for r in results)
-    return {"gemm_seconds_xla": xla, "gemm_seconds_torch": torch_total,
-            "gemm_time_ratio": torch_total / xla}
+def summarize(timings: list[GemmTiming]) -> dict[str, float]:
+    """Seconds per step of all GEMMs in each framework, and torch / XLA."""
+    xla = sum(t.xla_s * t.count for t in timings)
+    reference = sum(t.torch_s * t.count for t in timings)
+    return {"gemm_seconds_xla": xla, "gemm_seconds_torch": reference,
+            "gemm_time_ratio": reference / xla}
 
 
-def print_gemm_table(results: list[dict]) -> None:
-    print(f"\nThe step's GEMMs alone (float32, median of each; torch/XLA > 1: XLA faster)")
-    print(f"{'layout':<7}{'M x K x N':>22}{'count':>7}{'XLA GF/s':>10}{'torch GF/s':>12}"
-          f"{'torch/XLA':>11}")
-    for r in sorted(results, key=lambda r: -r["gemm"].flops * r["count"]):
-        g = r["gemm"]
-        print(f"{g.layout:<7}{f'{g.m} x {g.k} x {g.n}':>22}{r['count']:>7}"
-              f"{g.flops / r['xla_s'] / 1e9:>10.0f}{g.flops / r['torch_s'] / 1e9:>12.0f}"
-              f"{r['torch_s'] / r['xla_s']:>11.2f}")
+def print_gemm_table(timings: list[GemmTiming]) -> None:
+    print("\nEach step's GEMMs alone, paired by role (float32, medians; torch/XLA > 1: XLA "
+          "faster)")
+    print(f"{'JAX':<6}{'M x K x N':>22}{'torch':>7}{'count':>7}{'XLA GF/s':>10}"
+          f"{'torch GF/s':>12}{'torch/XLA':>11}")
+    for t in sorted(timings, key=lambda t: -t.gemm.jax.flops * t.count):
+        g = t.gemm.jax
+        print(f"{g.layout:<6}{f'{g.m} x {g.k} x {g.n}':>22}{t.gemm.torch.layout:>7}"
+              f"{t.count:>7}{g.flops / t.xla_s / 1e9:>10.0f}"
+              f"{t.gemm.torch.flops / t.torch_s / 1e9:>12.0f}{t.torch_s / t.xla_s:>11.2f}")

@@ -17,9 +17,9 @@ each other at every parallel region (a 2-thread step measured 5-8x slower than a
 Also: the LoRA (r=8, all targets) step, peak memory, and the achieved model FLOP/s of
 the full step as a fraction of this CPU's measured float32 matmul FLOP/s (the best rate
 of XLA or torch on a square matmul, re-measured in every round so a busy moment cannot
-lower it). And the step's own GEMMs timed alone in both frameworks (`step_gemms`):
-`gemm_time_ratio` is the ratio a step made of nothing but its matmuls would have, which
-separates the kernels each framework calls from the work around them.
+lower it). And each framework's GEMMs of the step timed alone (`step_gemms`):
+`gemm_time_ratio` is the ratio two steps made of nothing but their matmuls would have,
+which separates the matmul kernels each framework calls from the work around them.
 
 Model FLOPs follow the usual accounting (MaxText's performance_metrics): 6 x matmul
 parameters x tokens for the projections and the (tied) output head, plus
@@ -42,13 +42,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from benchmarks.step_gemms import print_gemm_table, summarize, time_step_gemms
 from research.models import LoRAConfig, load_pretrained
 from research.models.config import ModelConfig
 from research.models.loading import embedded_folder
 from research.training.state import init_train_state, split_model
 from research.training.steps import make_sft_step
-
-from benchmarks.step_gemms import print_gemm_table, step_gemms, summarize, time_gemms
 
 ALIAS = "smollm2-135m-instruct"
 LR, WEIGHT_DECAY, CLIP = 1e-5, 0.01, 1.0
@@ -100,10 +99,10 @@ def matmul_runners(size: int = MATMUL_SIZE) -> dict[str, Callable]:
 
 
 def _timed(fn: Callable[[], Any]) -> tuple[float, float]:
-    """Wall seconds of one call, and the CPU seconds the process spent in the kernel."""
-    kernel, start = os.times().system, time.perf_counter()
+    """Wall seconds of one call, and the process's system (OS kernel) CPU seconds in it."""
+    system, start = os.times().system, time.perf_counter()
     fn()
-    return time.perf_counter() - start, os.times().system - kernel
+    return time.perf_counter() - start, os.times().system - system
 
 
 def jax_step_runner(mode: str, batch: dict[str, np.ndarray], remat: bool = False
@@ -184,17 +183,16 @@ def busy_cpu_seconds() -> float | None:
 
 class StepTimes(NamedTuple):
     seconds: dict[str, list[float]]  # wall seconds per timed call, by runner
-    kernel_seconds: dict[str, list[float]]  # CPU seconds in the kernel in those calls
+    system_seconds: dict[str, list[float]]  # system (OS kernel) CPU seconds in those calls
     other_load_cores: float | None  # mean cores other processes kept busy (None: unknown)
 
 
 def step_times(runners: dict[str, Callable], rounds: int, *, settle: bool = False) -> StepTimes:
-    """Each runner timed in alternating rounds, with its kernel CPU time and the load of
-    other processes meanwhile.
+    """Each runner timed in alternating rounds, with the system CPU time it spent and the
+    load of other processes meanwhile.
 
-    Kernel time (page faults, thread wake-ups) is reported because it is where a step's
-    time moves between runs on a quiet machine: torch's full fine-tuning step spent 1.0-2.1
-    s of it per step on a 2-core CPU, JAX's 0.2 s.
+    System time (page faults, thread wake-ups, memory mapping) is reported because a
+    step's time can move with it between runs on an otherwise quiet machine.
 
     With `settle`, each runner is called once untimed before its timed call in every
     round. Why: the first step after the other framework ran is slow for reasons that
@@ -203,20 +201,20 @@ def step_times(runners: dict[str, Callable], rounds: int, *, settle: bool = Fals
     ever runs one framework.
     """
     times: dict[str, list[float]] = {name: [] for name in runners}
-    kernel: dict[str, list[float]] = {name: [] for name in runners}
+    system: dict[str, list[float]] = {name: [] for name in runners}
     busy0, own0, wall0 = busy_cpu_seconds(), time.process_time(), time.perf_counter()
     for _ in range(rounds):
         for name, run in runners.items():
             if settle:
                 run()
-            wall, system = _timed(run)
+            wall, in_system = _timed(run)
             times[name].append(wall)
-            kernel[name].append(system)
+            system[name].append(in_system)
     busy1, own1, wall1 = busy_cpu_seconds(), time.process_time(), time.perf_counter()
     others = None
     if busy0 is not None and busy1 is not None:
         others = max(0.0, (busy1 - busy0) - (own1 - own0)) / (wall1 - wall0)
-    return StepTimes(times, kernel, others)
+    return StepTimes(times, system, others)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -243,16 +241,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if torch_threads > 1:
         torch_runners["torch_full_1_thread"] = with_torch_threads(torch_full, 1)
     jax_lora, lora_memory = jax_step_runner("lora", batch)
-    raw, raw_kernel, other_load = step_times(
+    raw, raw_system, other_load = step_times(
         {"jax_full": jax_full, "jax_full_remat": jax_remat, **torch_runners,
          "jax_lora": jax_lora, **matmul_runners()}, rounds, settle=True)
     times = {name: statistics.median(ts) for name, ts in raw.items()}
-    gemms = time_gemms(step_gemms(cfg, args.rows, args.length), calls=3 if args.quick else 7)
     peak = {name: 3 * 2.0 * MATMUL_SIZE ** 3 / min(raw[name])
             for name in ("matmul_xla", "matmul_torch")}
     best_jax = min(("jax_full", "jax_full_remat"), key=times.get)
     best_torch = min(torch_runners, key=times.get)
     times["torch_best"] = times[best_torch]
+    gemms = time_step_gemms(cfg, args.rows, args.length, calls=3 if args.quick else 7,
+                            torch_threads=1 if best_torch == "torch_full_1_thread" else None)
 
     flops = model_flops_per_step(cfg, args.rows, args.length)
     cpu_peak = max(peak.values())
@@ -269,8 +268,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "torch_1_thread_tokens_per_s": (tokens / times["torch_full_1_thread"]
                                         if "torch_full_1_thread" in times else None),
         "other_load_cores": other_load,
-        "sft_kernel_seconds_per_step": statistics.median(raw_kernel[best_jax]),
-        "torch_kernel_seconds_per_step": statistics.median(raw_kernel[best_torch]),
+        "sft_system_cpu_seconds_per_step": statistics.median(raw_system[best_jax]),
+        "torch_system_cpu_seconds_per_step": statistics.median(raw_system[best_torch]),
         "lora_tokens_per_s": tokens / times["jax_lora"],
         "flops_fraction_of_matmul_peak": flops / times[best_jax] / cpu_peak,
         "torch_flops_fraction_of_matmul_peak": flops / times["torch_best"] / cpu_peak,
@@ -320,7 +319,7 @@ def print_table(r: dict[str, Any], times: dict[str, float]) -> None:
           f"{r['sft_no_remat_tokens_per_s_ratio']:.2f}, remat {r['sft_remat_tokens_per_s_ratio']:.2f})")
     print(f"matmul peak: XLA {r['matmul_peak_flops_xla'] / 1e9:.1f} GFLOP/s, "
           f"torch {r['matmul_peak_flops_torch'] / 1e9:.1f} GFLOP/s")
-    print(f"the step's GEMMs alone: XLA {r['gemm_seconds_xla']:.2f} s, torch "
+    print(f"each step's GEMMs alone: XLA {r['gemm_seconds_xla']:.2f} s, torch "
           f"{r['gemm_seconds_torch']:.2f} s per step; torch/XLA {r['gemm_time_ratio']:.2f}, "
           f"the ratio a GEMM-only step would have")
     print(f"model FLOP/s fraction of matmul peak: JAX {r['flops_fraction_of_matmul_peak']:.2f}, "
@@ -330,8 +329,9 @@ def print_table(r: dict[str, Any], times: dict[str, float]) -> None:
               f"{r['sft_step_peak_bytes_xla'] / gib:.2f} GiB, LoRA "
               f"{r['lora_step_peak_bytes_xla'] / gib:.2f} GiB")
     print(f"process peak RSS (both frameworks loaded): {r['process_peak_rss_bytes'] / gib:.2f} GiB")
-    print(f"CPU seconds in the kernel per step: JAX {r['sft_kernel_seconds_per_step']:.2f}, "
-          f"torch {r['torch_kernel_seconds_per_step']:.2f}")
+    print(f"system (OS kernel) CPU seconds per step: JAX "
+          f"{r['sft_system_cpu_seconds_per_step']:.2f}, torch "
+          f"{r['torch_system_cpu_seconds_per_step']:.2f}")
     if r["other_load_cores"] is not None:
         print(f"other processes kept {r['other_load_cores']:.2f} cores busy while timing")
 
