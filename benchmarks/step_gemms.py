@@ -85,7 +85,8 @@ def step_gemms(cfg: ModelConfig, rows: int, length: int) -> Counter[StepGemm]:
     return steps
 
 
-def framework_gemms(steps: Counter[StepGemm], framework: str) -> Counter[Gemm]:
+def framework_gemms(steps: Counter[StepGemm], framework: Literal["jax", "torch"]
+                    ) -> Counter[Gemm]:
     """One framework's side of `step_gemms`: its GEMMs and their counts."""
     gemms: Counter[Gemm] = Counter()
     for pair, count in steps.items():
