@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from benchmarks.timing import call_seconds
 from research.models import load_pretrained
 from research.models.chat import render_prompt
 from research.models.generate import generate_ids
@@ -36,13 +36,7 @@ PROMPTS = [
 
 
 def best_time(fn, repeats: int) -> float:
-    fn()  # warm-up / compile
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+    return min(call_seconds(fn, repeats))
 
 
 def main() -> None:

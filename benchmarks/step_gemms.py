@@ -14,7 +14,6 @@ input gradient and weight gradient take different layouts depending on how W is 
 from __future__ import annotations
 
 import statistics
-import time
 from collections import Counter
 from typing import Callable, Literal, NamedTuple
 
@@ -23,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from benchmarks.timing import call_seconds, set_torch_threads
 from research.models.config import ModelConfig
 
 Layout = Literal["NN", "NT", "TN"]
@@ -117,37 +117,24 @@ class GemmTiming(NamedTuple):
     torch_s: float
 
 
-def _median_seconds(fn: Callable[[], object], calls: int) -> float:
-    fn()  # warm-up (and compilation, for XLA)
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def time_step_gemms(cfg: ModelConfig, rows: int, length: int, calls: int = 7,
-                    torch_threads: int | None = None, seed: int = 0) -> list[GemmTiming]:
+                    torch_threads: int | None = None, seed: int = 0
+                    ) -> list[GemmTiming]:
     """Each of the step's products timed in both frameworks, alternately per product so
     that a busy moment hits both. float32; torch at `torch_threads` (default: its
     current count), restored afterwards."""
     import torch
 
     rng = np.random.default_rng(seed)
-    before = torch.get_num_threads()
-    torch.set_num_threads(torch_threads or before)
-    try:
-        timings = []
+    timings = []
+    with set_torch_threads(torch_threads):
         for pair, count in step_gemms(cfg, rows, length).items():
             a, b = (jnp.asarray(x) for x in gemm_operands(pair.jax, rng))
             ta, tb = (torch.from_numpy(x) for x in gemm_operands(pair.torch, rng))
             xla, reference = xla_product(pair.jax), torch_product(pair.torch)
-            xla_s = _median_seconds(lambda: xla(a, b).block_until_ready(), calls)
-            torch_s = _median_seconds(lambda: reference(ta, tb), calls)
+            xla_s = statistics.median(call_seconds(lambda: xla(a, b).block_until_ready(), calls))
+            torch_s = statistics.median(call_seconds(lambda: reference(ta, tb), calls))
             timings.append(GemmTiming(pair, count, xla_s, torch_s))
-    finally:
-        torch.set_num_threads(before)
     return timings
 
 

@@ -43,6 +43,7 @@ import numpy as np
 import optax
 
 from benchmarks.step_gemms import print_gemm_table, summarize, time_step_gemms
+from benchmarks.timing import with_torch_threads
 from research.models import LoRAConfig, load_pretrained
 from research.models.config import ModelConfig
 from research.models.loading import embedded_folder
@@ -154,21 +155,6 @@ def torch_step_runner(batch: dict[str, np.ndarray]) -> Callable:
 
     run()  # warm-up
     return run
-
-
-def with_torch_threads(run: Callable, threads: int) -> Callable:
-    """`run` under `torch.set_num_threads(threads)`, restoring the count afterwards."""
-    import torch
-
-    def threaded() -> Any:
-        before = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        try:
-            return run()
-        finally:
-            torch.set_num_threads(before)
-
-    return threaded
 
 
 def busy_cpu_seconds() -> float | None:

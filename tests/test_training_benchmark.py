@@ -15,7 +15,8 @@ from jax.extend import core as jcore
 
 from benchmarks.step_gemms import (Gemm, framework_gemms, gemm_operands, step_gemms, summarize,
                                    time_step_gemms, torch_product, xla_product)
-from benchmarks.train_step import make_batch, model_flops_per_step, step_times, with_torch_threads
+from benchmarks.timing import with_torch_threads
+from benchmarks.train_step import make_batch, model_flops_per_step, step_times
 from research.models.transformer import init_decoder
 from research.training.losses import masked_nll_sum, sft_loss_sum
 from research.training.state import split_model
