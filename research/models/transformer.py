@@ -357,7 +357,7 @@ def grouped_attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array)
     B, T, H, hd = q.shape
     S, K = k.shape[1], k.shape[2]
     G = H // K
-    q = (q * (1.0 / math.sqrt(hd))).astype(q.dtype)
+    q = q * (1.0 / math.sqrt(hd))  # a weak-typed scalar: q keeps its dtype
     if T == 1:  # one query (e.g. a decode step): contract against k, v as stored, no copy
         scores = _at_least_f32(jnp.einsum("bkgd,bskd->bkgs", q.reshape(B, K, G, hd), k))
         probs = jax.nn.softmax(scores + bias[:, :, :, 0], axis=-1).astype(v.dtype)
