@@ -15,6 +15,7 @@ from research.pipeline import registry
 from research.pipeline.hashing import config_hash, to_plain
 from research.pipeline.report import effect_sentence, paired_difference
 from research.pipeline.runs import RunFolder, RunFolderExistsError
+from research.pipeline.scripts import open_run
 from research.pipeline.stages import (IncompleteStageError, stage_key, stage_lock,
                                       train_stage)
 from research.pipeline.sweep import best_safe_cell, grid
@@ -68,6 +69,26 @@ def test_run_folder_refuses_reuse_and_checks_config_on_resume(tmp_path):
     assert RunFolder(tmp_path, "exp", "r", cfg, resume=True).path == run.path
     with pytest.raises(ValueError, match="differs"):
         RunFolder(tmp_path, "exp", "r", {"a": 2}, resume=True)
+
+
+def test_resume_without_a_name_continues_the_latest_timed_run(tmp_path):
+    cfg = ml_collections.ConfigDict({"run": {"root": str(tmp_path), "experiment": "exp",
+                                             "name": ""}, "lr": 1.0})
+    first = open_run(cfg, resume=False)
+    first.log({"event": "x"})
+    stored = json.loads((first.path / "config.json").read_text())
+    assert stored["run"]["name"] == first.path.name  # the report's config names the run
+    time.sleep(1.1)  # the next timed name differs
+    second = open_run(cfg, resume=False)
+    second.log({"event": "y"})
+    assert second.path != first.path
+    assert open_run(cfg, resume=True).path == second.path
+    named = ml_collections.ConfigDict(cfg.to_dict())
+    named.run.name = first.path.name
+    assert open_run(named, resume=True).path == first.path
+    named.lr = 2.0
+    with pytest.raises(ValueError, match="differs"):
+        open_run(named, resume=True)
 
 
 def test_incomplete_stage_needs_resume(tmp_path):

@@ -2,7 +2,9 @@
 
 A folder is created once; opening an existing one needs `resume=True` (continue it),
 so nothing is ever overwritten silently. The resolved config is written on creation
-and, on resume, must equal the stored one.
+(with `run.name` set to the folder's name) and, on resume, must equal the stored one up
+to `run.name`: the folder path already names the run, and a folder named by time was
+created from a config whose name was empty.
 """
 
 from __future__ import annotations
@@ -23,6 +25,21 @@ def default_run_name() -> str:
     return datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
+def latest_run_name(root: str | Path, experiment: str) -> str | None:
+    """The newest run folder of `experiment` by its config's modification time, or None."""
+    folders = [p for p in (Path(root) / experiment).glob("*/config.json")]
+    if not folders:
+        return None
+    return max(folders, key=lambda p: p.stat().st_mtime).parent.name
+
+
+def _without_run_name(plain: Any) -> Any:
+    """`plain` with `run.name` dropped (the comparison rule of the module docstring)."""
+    if isinstance(plain, dict) and isinstance(plain.get("run"), dict):
+        return {**plain, "run": {k: v for k, v in plain["run"].items() if k != "name"}}
+    return plain
+
+
 class RunFolder:
     """Paths and writers of one run; see the module docstring for the overwrite rule."""
 
@@ -30,6 +47,8 @@ class RunFolder:
                  resume: bool = False):
         self.path = Path(root) / experiment / name
         plain = to_plain(config)
+        if isinstance(plain, dict) and isinstance(plain.get("run"), dict):
+            plain["run"] = {**plain["run"], "name": name}
         config_file = self.path / "config.json"
         if self.path.exists() and any(self.path.iterdir()):
             if not resume:
@@ -38,7 +57,7 @@ class RunFolder:
                     f"another --config.run.name")
             if config_file.exists():
                 stored = json.loads(config_file.read_text())
-                if stored != plain:
+                if _without_run_name(stored) != _without_run_name(plain):
                     raise ValueError(f"{config_file}: the stored config differs from this "
                                      "run's config; a resumed run must use the same config")
         self.path.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,7 @@ import ml_collections
 from research.data.rows import Row
 from research.models.loading import load_pretrained
 from research.pipeline import data as study_data
-from research.pipeline.runs import RunFolder, default_run_name
+from research.pipeline.runs import RunFolder, default_run_name, latest_run_name
 from research.pipeline.stages import base_model_key, link, train_stage
 from research.training.sharding import maybe_initialize_distributed, mesh_from_config
 
@@ -36,9 +36,17 @@ class Clock:
 
 
 def open_run(cfg: ml_collections.ConfigDict, resume: bool) -> RunFolder:
-    """The config's run folder (named by time when `run.name` is empty)."""
-    return RunFolder(cfg.run.root, cfg.run.experiment, cfg.run.name or default_run_name(),
-                     cfg, resume=resume)
+    """The config's run folder. With `run.name` empty: a new folder named by time, or
+    with `resume` the experiment's latest folder (so `--resume` alone continues an
+    interrupted `make demo`)."""
+    name = cfg.run.name
+    if not name and resume:
+        name = latest_run_name(cfg.run.root, cfg.run.experiment)
+        if name is not None:
+            print(f"--resume without --config.run.name: continuing the latest run, {name}",
+                  flush=True)
+    return RunFolder(cfg.run.root, cfg.run.experiment, name or default_run_name(), cfg,
+                     resume=resume)
 
 
 def start_run(cfg: ml_collections.ConfigDict, resume: bool) -> tuple[Clock, RunFolder, Path]:
