@@ -16,7 +16,7 @@ from research.pipeline.hashing import config_hash, to_plain
 from research.pipeline.report import effect_sentence, paired_difference
 from research.pipeline.runs import RunFolder, RunFolderExistsError
 from research.pipeline.scripts import open_run
-from research.pipeline.stages import (IncompleteStageError, stage_key, stage_lock,
+from research.pipeline.stages import (IncompleteStageError, link, stage_key, stage_lock,
                                       train_stage)
 from research.pipeline.sweep import best_safe_cell, grid
 from research.data.rows import Row
@@ -89,6 +89,20 @@ def test_resume_without_a_name_continues_the_latest_timed_run(tmp_path):
     named.lr = 2.0
     with pytest.raises(ValueError, match="differs"):
         open_run(named, resume=True)
+
+
+def test_stage_links_survive_moving_the_project(tmp_path):
+    entry = tmp_path / "project" / "runs" / "cache" / "stages" / "abc"
+    entry.mkdir(parents=True)
+    (entry / "stage.json").write_text("{}")
+    run_ckpt = tmp_path / "project" / "runs" / "demo" / "r1" / "checkpoints" / "align"
+    link(run_ckpt, entry)
+    link(run_ckpt, entry)  # linking again to the same entry is a no-op
+    moved = tmp_path / "moved"
+    (tmp_path / "project").rename(moved)
+    assert (moved / "runs" / "demo" / "r1" / "checkpoints" / "align" / "stage.json").exists()
+    with pytest.raises(FileExistsError):
+        link(moved / "runs" / "demo" / "r1" / "checkpoints" / "align", moved / "elsewhere")
 
 
 def test_incomplete_stage_needs_resume(tmp_path):

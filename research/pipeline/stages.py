@@ -31,6 +31,7 @@ import fcntl
 import json
 import logging
 import math
+import os
 import shutil
 import time
 from pathlib import Path
@@ -83,7 +84,8 @@ def planned_steps(stage_cfg: ml_collections.ConfigDict, steps_per_epoch: int) ->
 
 
 def link(run_path: Path, entry: Path) -> None:
-    """Point `run_path` at a cache entry (replacing only an earlier link to it)."""
+    """Point `run_path` at a cache entry (replacing only an earlier link to it). The link
+    is relative, so a project moved or copied with its `runs/` keeps working links."""
     run_path.parent.mkdir(parents=True, exist_ok=True)
     if run_path.is_symlink():
         if run_path.resolve() == entry.resolve():
@@ -91,7 +93,8 @@ def link(run_path: Path, entry: Path) -> None:
         raise FileExistsError(f"{run_path} links to {run_path.resolve()}, not {entry}")
     if run_path.exists():
         raise FileExistsError(f"{run_path} exists; a run folder is never overwritten")
-    run_path.symlink_to(entry.resolve(), target_is_directory=True)
+    target = os.path.relpath(entry.resolve(), run_path.parent.resolve())
+    run_path.symlink_to(target, target_is_directory=True)
 
 
 def _read_entry(entry: Path) -> dict | None:
