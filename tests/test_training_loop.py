@@ -16,7 +16,7 @@ from research.training.checkpointing import Checkpointer
 from research.training.ema import parameter_ema
 from research.training.loop import CurveRecorder, NonFiniteLossError, train
 from research.training.state import init_train_state, split_model
-from research.training.steps import make_sft_step
+from research.training.steps import make_sft_step, make_train_step, sft_grad_fn
 from research.training.vaccine import (VaccineState, make_accelerated_vaccine_step,
                                        vaccine_initial_state)
 from tests.test_training_fixtures import ListIterator, make_batch, tiny_model
@@ -97,6 +97,30 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(setup, tmp_path):
     assert position == {"index": 2}
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(restored.params))
     ckpt.close()
+
+
+def test_an_infinite_loss_stops_like_a_nan(setup, tmp_path):
+    """An overflowing loss (inf, finite gradients) is caught as well: the step's finite
+    flag covers the loss itself, not only the gradient norm."""
+    _, params, frozen, opt = setup
+    plain = sft_grad_fn(split_model(tiny_model(), "lora")[0])
+
+    def overflowing(params, frozen, batch, key):  # inf loss on a batch whose row 0 is all 1s
+        grads, stats = plain(params, frozen, batch, key)
+        scale = jnp.where(jnp.all(batch["tokens"][0] == 1), jnp.inf, 1.0)
+        return grads, {**stats, "loss_sum": stats["loss_sum"] * scale}
+
+    step = make_train_step(overflowing, opt)
+    marked = [dict(b) for b in BATCHES]
+    tokens = marked[2]["tokens"].copy()
+    tokens[0] = 1
+    marked[2] = dict(marked[2], tokens=tokens)
+    state = init_train_state(jax.tree.map(jnp.copy, params), opt, seed=3)
+    with pytest.raises(NonFiniteLossError, match=r"loss inf .* at step 3.*no checkpoint"):
+        train(step, state, frozen, ListIterator(marked), num_steps=STEPS,
+              metrics_path=tmp_path / "metrics.jsonl", progress=False)
+    logged = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged] == [1, 2]  # the bad step is not logged as progress
 
 
 def test_an_existing_metrics_log_is_not_overwritten(setup, tmp_path):

@@ -9,7 +9,8 @@ import numpy as np
 import optax
 import pytest
 
-from research.training.losses import masked_nll_sum, per_example_mean_nll
+from research.training.losses import (hidden_nll_sum, masked_nll_sum, per_example_mean_nll,
+                                      sft_loss_sum)
 from research.training.optim import make_optimizer, make_schedule
 from research.training.state import init_train_state, split_model
 from research.training.steps import clip_by_global_norm, make_sft_step
@@ -56,6 +57,26 @@ def test_loss_mask_excludes_prompt_positions_from_the_gradient():
     per_position = np.abs(np.asarray(grad)).sum(-1)  # [B, T]
     predicts_response = np.zeros_like(per_position, bool)
     predicts_response[:, :-1] = batch["loss_mask"][:, 1:] == 1
+    assert (per_position[~predicts_response] == 0).all()
+    assert (per_position[predicts_response] > 0).all()
+
+
+def test_the_train_step_loss_is_the_response_only_loss():
+    """`sft_loss_sum` (what `sft_step` differentiates) equals the hand loss over response
+    tokens, and its head gives no gradient to positions that predict a prompt token."""
+    model = tiny_model(lora=False)
+    graphdef, params, frozen = split_model(model, "full")
+    batch = {k: jnp.asarray(v) for k, v in make_batch().items()}
+    loss_sum, aux = sft_loss_sum(params, frozen, graphdef, batch)
+    logits = np.asarray(_forward_logits(model, batch["tokens"], batch["attention_mask"]))
+    assert int(aux["tokens"]) == int(batch["loss_mask"][:, 1:].sum())
+    np.testing.assert_allclose(loss_sum / aux["tokens"], _hand_loss(logits, batch), rtol=1e-5)
+
+    hidden = model(batch["tokens"], attention_mask=batch["attention_mask"]).hidden
+    grad = jax.grad(lambda h: hidden_nll_sum(model, h, batch).loss_sum)(hidden)
+    per_position = np.abs(np.asarray(grad)).sum(-1)
+    predicts_response = np.zeros_like(per_position, bool)
+    predicts_response[:, :-1] = np.asarray(batch["loss_mask"][:, 1:]) == 1
     assert (per_position[~predicts_response] == 0).all()
     assert (per_position[predicts_response] > 0).all()
 
