@@ -57,5 +57,8 @@ def get_config() -> ml_collections.ConfigDict:
     cfg.eval = ml_collections.ConfigDict(dict(
         n_harmful=100, n_benign=100, n_task=100,
         benign_sources="persistbench,writingbench,freshqa", max_new_tokens=32,
-        task_max_new_tokens=6, batch_size=16, seed=0))
+        task_max_new_tokens=6, batch_size=16, seed=0,
+        # "test" for reported numbers; "val" to tune data and recipes without touching
+        # them (no stage trains on either).
+        split="test"))
     return cfg

@@ -5,9 +5,11 @@ Full fine-tuning at lr 3e-5 (the issue's reference setting). Stage 1 aligns on 2
 harmful prompts with varied refusals and 320 benign requests with the base model's
 answers, an equal share from benign twins (the harmful requests' frames with benign
 content), PersistBench everyday requests, the project's everyday requests, FreshQA and
-WritingBench (train splits). Chosen on held-out test splits while tuning the data (LoRA
-r=8 at lr 1e-3 with fewer benign rows refused 92.5% and over-refused 20%; see
-README); it was never tuned on reserved evaluation data.
+WritingBench (train splits). Chosen by looking at the test split while tuning the data
+(LoRA r=8 at lr 1e-3 with fewer benign rows refused 92.5% and over-refused 20%; see
+README), so its test numbers are optimistic; the README also reports the untouched val
+split (`--config.eval.split=val`), which is where further tuning belongs. It was never
+tuned on reserved evaluation data.
 """
 
 from configs import base

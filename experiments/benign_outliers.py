@@ -237,7 +237,7 @@ def write_outputs(cfg: ml_collections.ConfigDict, run: RunFolder, results: dict,
 def report_lines(cfg: ml_collections.ConfigDict, results: dict, labels: dict[str, str],
                  selected: dict[str, Any], effects: list[tuple[str, str, dict]],
                  pool_n: int) -> list[str]:
-    o = cfg.outliers
+    o, split = cfg.outliers, study_data.eval_split(cfg)
     sets = {n: s for n, s in selected.items() if n != "format_counts"}
     counts = "; ".join(f"{n}: {s['k']} rows ({s['considered']} candidates, "
                        f"{s['dropped_trivial']} trivial dropped, short by {s['short_by']})"
@@ -267,9 +267,9 @@ def report_lines(cfg: ml_collections.ConfigDict, results: dict, labels: dict[str
         "## Notes", "",
         "- " + report.refusal_detection(results[labels["aligned"]]["refusal_list_version"])
         + f", greedy decoding, first {cfg.eval.max_new_tokens} new tokens.",
-        f"- Harmful prompts: test split of {cfg.data.harmful_sources}; over-refusal: test "
-        f"split of {cfg.eval.benign_sources}; task: test split of {cfg.data.task}. "
-        "Nothing in a test split is trained on or selected from.",
+        f"- Harmful prompts: {split} split of {cfg.data.harmful_sources}; over-refusal: "
+        f"{split} split of {cfg.eval.benign_sources}; task: {split} split of "
+        f"{cfg.data.task}. Nothing in the val or test splits is trained on or selected from.",
         f"- Fine-tuning: the main study's finetune block ({cfg.model.finetune_mode}, lr "
         f"{cfg.finetune.optimizer.lr:g}, {cfg.finetune.epochs:g} epochs, batch "
         f"{cfg.finetune.batch_size}) on each set.", "",

@@ -134,7 +134,8 @@ def run_study(cfg: ml_collections.ConfigDict, *, resume: bool = False, progress:
                     curves[label] = read_jsonl(e / "drift.jsonl")
                 variants[label] = {"group": f"{start_label}, " + (f"EMA {beta:g}" if beta
                                                                   else "no EMA"),
-                                   "p": float(p), "start": start_label, "ema": float(beta)}
+                                   "p": float(p), "start": start_label, "ema": float(beta),
+                                   "steps": int(s["steps"])}
     order = ["base", *arms] + [variant_label(start, p, beta) for start in starts
                                for p in cfg.finetune.p_values for beta in cfg.finetune.ema_betas]
     results, records = ({k: d[k] for k in order} for d in (results, records))
@@ -175,6 +176,16 @@ def study_effects(records: dict[str, list[dict]], variants: dict[str, dict],
     return effects
 
 
+def ema_anchor_notes(variants: dict[str, dict], mode: str) -> list[str]:
+    """How much of the starting weights each EMA's average still holds (beta^steps): an
+    EMA effect after few steps mostly shows how little the average has moved."""
+    held = sorted({(v["ema"], v["steps"]) for v in variants.values() if v["ema"] > 0})
+    return [f"EMA {beta:g} ({mode} mode) over {steps} steps, started at the starting "
+            f"weights: the average still holds {100 * beta ** steps:.0f}% of them "
+            f"({beta:g}^{steps}), so an EMA effect here is mostly how little it has moved."
+            for beta, steps in held]
+
+
 def write_outputs(cfg: ml_collections.ConfigDict, run: RunFolder, results: dict,
                   records: dict, variants: dict, arms: Sequence[str],
                   curves: dict[str, list[dict]] | None = None) -> None:
@@ -187,22 +198,25 @@ def write_outputs(cfg: ml_collections.ConfigDict, run: RunFolder, results: dict,
         run.write_json(f"records/{safe}.json", recs)
     plot_metrics(results, run.path / "plots" / "metrics.png")
     if variants:
-        report.plot_by_variant(results, variants, run.path / "plots" / "by_method_and_p.png")
+        report.plot_by_variant(results, variants, run.path / "plots" / "by_method_and_p.png",
+                               starts=["base", *arms])
     if curves:
         report.plot_drift(curves, results, variants, run.path / "plots" / "drift.png")
+    split = study_data.eval_split(cfg)
     notes = [report.refusal_detection(results["base"]["refusal_list_version"])
              + f", greedy decoding, first {cfg.eval.max_new_tokens} new tokens (task answers: "
              f"{cfg.eval.task_max_new_tokens}).",
-             "Harmful prompts: test split of " + cfg.data.harmful_sources
-             + "; benign (over-refusal) prompts: test split of " + cfg.eval.benign_sources
-             + " (per-source rates in the full table); task: test split of "
-             + cfg.data.task + ". Nothing in a test split is trained on.",
+             f"Harmful prompts: {split} split of " + cfg.data.harmful_sources
+             + f"; benign (over-refusal) prompts: {split} split of " + cfg.eval.benign_sources
+             + f" (per-source rates in the full table); task: {split} split of "
+             + cfg.data.task + ". Nothing in the val or test splits is trained on.",
              f"Finetuning mode: {cfg.model.finetune_mode}"
              + (f" (rank {cfg.model.lora_rank}, alpha {cfg.model.lora_alpha})"
                 if cfg.model.finetune_mode == "lora" else "") + ".",
              "Alignment arms: " + "; ".join(
                  f"{arm} = {block.method} {to_plain(block.method_config)}"
                  for arm, block in alignment_arms(cfg).items()) + "."]
+    notes += ema_anchor_notes(variants, str(cfg.finetune.optimizer.ema_mode))
     reference = cfg.get("reference_arm") or (arms[0] if len(arms) > 1 else None)
     report.write_report(run.path / "report.md", title=cfg.run.title,
                         config_text=cfg.to_json_best_effort(indent=2), results=results,

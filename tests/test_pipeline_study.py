@@ -4,6 +4,7 @@ loadable checkpoints, the evaluate CLI, resume refusal, and the optimizer sweep.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import jax
@@ -46,6 +47,8 @@ def test_run_folder_is_complete(study):
     report = (path / "report.md").read_text()
     assert "| sft+ft(p=0.25, ema=0.9) |" in report and "95% CI" in report
     assert "EMA 0.9 vs no EMA" in report and "significant" in report.lower()
+    held = re.search(r"EMA 0\.9 \(track mode\) over (\d+) steps.* holds (\d+)% of them", report)
+    assert held and int(held[2]) == round(100 * 0.9 ** int(held[1]))
     assert "base+ft(p=0.25) vs base" in report and "sft+ft(p=0.25) vs sft" in report
     listed = refusal_list()  # the notes count the list's phrases and patterns
     assert (f"keyword list version refusal-v1 ({len(listed['phrases'])} phrases and "

@@ -164,3 +164,43 @@ def test_demo_config_keeps_benign_at_least_as_plentiful_as_refusals():
     cfg = demo.get_config()
     assert cfg.data.n_align_benign_prompts >= cfg.data.n_align_harmful
     assert cfg.finetune.p_values == (0.1,) and cfg.finetune.ema_betas[0] == 0.0
+
+
+def test_eval_sets_read_the_configured_held_out_split():
+    from research.data.splits import split_of
+    from research.pipeline.data import eval_sets
+
+    cfg = demo.get_config()
+    cfg.eval.n_harmful, cfg.eval.n_benign, cfg.eval.n_task = 12, 12, 8
+    prompts = {}
+    for split in ("val", "test"):
+        cfg.eval.split = split
+        sets = eval_sets(cfg, {})
+        prompts[split] = {r.prompt for s in sets for r in s.rows}
+        assert all(len(s.rows) > 0 for s in sets)
+        assert {split_of(p) for p in prompts[split]} == {split}
+    assert not prompts["val"] & prompts["test"]
+    cfg.eval.split = "train"
+    with pytest.raises(ValueError, match="eval.split = 'train'"):
+        eval_sets(cfg, {})
+
+
+@pytest.mark.parametrize("ps", [(0.1,), (0.0, 0.05, 0.1, 0.2)])
+def test_series_at_the_same_p_are_drawn_apart_and_within_their_p(ps):
+    from research.pipeline.report import series_shifts
+
+    shifts, gap = series_shifts(4, ps)
+    assert len(set(shifts)) == 4 and abs(sum(shifts)) < 1e-12
+    assert max(abs(s) for s in shifts) < gap / 2
+    assert gap == pytest.approx(0.1 if len(ps) == 1 else 0.05)
+
+
+def test_studies_refuse_a_multi_process_launch(monkeypatch):
+    import jax
+
+    from research.pipeline.scripts import require_one_process
+
+    require_one_process()  # this test process: one process
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    with pytest.raises(RuntimeError, match="launched as 2 processes.*one host"):
+        require_one_process()

@@ -5,7 +5,8 @@
 - benign requests (train split, an equal share per source): the base model's answers,
   for stage 1 (at least as many as the refusals, DESIGN.md Data);
 - the user's task (train split) for stage 2, its test split for task accuracy;
-- evaluation sets from the test splits only, an equal share per source.
+- evaluation sets from a held-out split only (`eval.split`: test, or val for tuning), an
+  equal share per source.
 Splits are the data layer's content-hash splits, so no test prompt is ever trained on.
 Reserved evaluation data (HarmBench, PyRIT scorer evals) is never a source here.
 """
@@ -123,14 +124,27 @@ def build_study_data(cfg: ml_collections.ConfigDict, model: Any, tokenizer: Any,
             "task_train": task_train, "eval_sets": eval_sets(cfg, counts), "counts": counts}
 
 
+EVAL_SPLITS = ("val", "test")
+
+
+def eval_split(cfg: ml_collections.ConfigDict) -> str:
+    """`eval.split`: a held-out split ("test" to report, "val" to tune on); never "train"."""
+    split = str(cfg.eval.get("split", "test"))
+    if split not in EVAL_SPLITS:
+        raise ValueError(f"config field eval.split = {split!r}: evaluation reads a held-out "
+                         f"split, one of {EVAL_SPLITS}")
+    return split
+
+
 def eval_sets(cfg: ml_collections.ConfigDict, counts: dict[str, dict]) -> list[PromptSet]:
-    """Held-out (test split) harmful, benign and task prompt sets of the `eval` block."""
+    """Held-out (`eval.split`) harmful, benign and task prompt sets of the `eval` block."""
     d, e = cfg.data, cfg.eval
-    harmful = balanced_sample(split_pool(_names(d.harmful_sources), "test", counts),
+    split = eval_split(cfg)
+    harmful = balanced_sample(split_pool(_names(d.harmful_sources), split, counts),
                               e.n_harmful, e.seed)
-    benign = balanced_sample(split_pool(_names(e.benign_sources), "test", counts,
+    benign = balanced_sample(split_pool(_names(e.benign_sources), split, counts,
                                         d.benign_max_chars), e.n_benign, e.seed)
-    task = split_pool([d.task], "test", counts)[d.task]
+    task = split_pool([d.task], split, counts)[d.task]
     task = [task[i] for i in np.random.default_rng(e.seed).permutation(len(task))[:e.n_task]]
     return [PromptSet("harmful", "harmful", harmful), PromptSet("benign", "benign", benign),
             PromptSet(f"task:{d.task}", "task", task, answer_type=TASK_ANSWER_TYPES[d.task],

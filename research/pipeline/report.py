@@ -123,8 +123,11 @@ def write_report(path: Path, *, title: str, config_text: str, results: dict[str,
     return path
 
 
-def plot_by_variant(results: dict[str, dict], variants: dict[str, dict], path: Path) -> Path:
-    """Harmful score and task accuracy against p, one line per (start, method, EMA)."""
+def plot_by_variant(results: dict[str, dict], variants: dict[str, dict], path: Path,
+                    starts: Sequence[str] = ()) -> Path:
+    """Harmful score and task accuracy against p, one series per (start, method, EMA),
+    each nudged sideways so series at the same p do not hide each other; each model in
+    `starts` (before any fine-tuning) is a dashed horizontal line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -134,21 +137,38 @@ def plot_by_variant(results: dict[str, dict], variants: dict[str, dict], path: P
     groups: dict[str, list[tuple[float, str]]] = {}
     for label, v in variants.items():
         groups.setdefault(v["group"], []).append((v["p"], label))
+    ps_all = sorted({v["p"] for v in variants.values()})
+    shifts, gap = series_shifts(len(groups), ps_all)
     for ax, metric in zip(axes, ("harmful_score", "task_accuracy")):
-        for group, members in sorted(groups.items()):
+        for i, (group, members) in enumerate(sorted(groups.items())):
             members.sort()
-            ps = [p for p, label in members if is_metric(results[label].get(metric))]
-            ms = [results[label][metric] for p, label in members
-                  if is_metric(results[label].get(metric))]
-            if not ms:
+            kept = [(p, results[label][metric]) for p, label in members
+                    if is_metric(results[label].get(metric))]
+            if not kept:
                 continue
-            _errorbars(ax, ps, ms, group)
+            _errorbars(ax, [p + shifts[i] for p, _ in kept], [m for _, m in kept], group)
+        for j, start in enumerate(starts):
+            if is_metric(results.get(start, {}).get(metric)):
+                ax.axhline(results[start][metric]["value"], linestyle="--", linewidth=1,
+                           color=f"C{(len(groups) + j) % 10}",
+                           label=f"{start} (before fine-tuning)")
+        ax.set_xticks(ps_all)
+        ax.set_xlim(ps_all[0] - 0.6 * gap, ps_all[-1] + 0.6 * gap)
         ax.set_xlabel("harmful fraction p of the user's data")
         ax.set_ylabel(f"{metric} (%)")
         ax.set_ylim(-2, 102)
         ax.set_title(metric)
     axes[0].legend(fontsize=7)
     return _save(fig, path)
+
+
+def series_shifts(n_series: int, ps: Sequence[float]) -> tuple[list[float], float]:
+    """Sideways shifts of `n_series` series plotted at the sorted values `ps`, centred
+    and within half the smallest gap between them (a lone p counts a gap of max(p, 0.1)),
+    and that gap."""
+    gap = min((b - a for a, b in zip(ps, ps[1:])), default=max(ps[0], 0.1))
+    step = 0.5 * gap / max(n_series, 1)
+    return [(i - (n_series - 1) / 2) * step for i in range(n_series)], gap
 
 
 def _errorbars(ax, xs: Sequence[float], metrics: Sequence[dict], label: str) -> None:

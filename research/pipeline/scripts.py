@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import jax
 import ml_collections
 
 from research.data.rows import Row
@@ -100,6 +101,19 @@ def finetune_block(cfg: ml_collections.ConfigDict, p: float,
     return block
 
 
+def require_one_process() -> None:
+    """Studies run as one process (with any number of its devices): every process of a
+    multi-host job would write the same run folder, stage cache and `hf/` export, and an
+    fsdp-sharded export spanning hosts cannot be gathered by one of them. Refuse clearly
+    instead of racing; multi-host training itself works through `research.training`."""
+    if jax.process_count() > 1:
+        raise RuntimeError(
+            f"this study was launched as {jax.process_count()} processes; the study scripts "
+            "write run folders, stage caches and exports from a single process, so run "
+            "them on one host (all of its devices are used). Multi-host training works "
+            "through research.training (make_sft_step, train, a mesh from make_mesh).")
+
+
 def run_config_script(run: Callable[..., Any], default_config: str) -> None:
     """Define the flags and run `run(config, resume=...)` under absl (from `__main__`;
     flags are defined only there, so the study modules can be imported together)."""
@@ -115,6 +129,7 @@ def run_config_script(run: Callable[..., Any], default_config: str) -> None:
         logging.basicConfig(level=logging.WARNING,
                             format="%(levelname)s %(name)s: %(message)s")
         maybe_initialize_distributed()  # a multi-host launch joins its job first
+        require_one_process()
         run(flags.FLAGS.config, resume=flags.FLAGS.resume)
 
     app.run(main)
