@@ -6,8 +6,8 @@
 
 Stages are cached under `run.cache_dir` by a hash of their inputs, so a second run
 with the same stage-1 config reuses its checkpoint; `--resume` continues an interrupted
-stage and the run folder (`--config.run.name`, or else the latest one) instead of
-refusing.
+stage and the run folder (`--config.run.name`, or else the latest one of this config)
+instead of refusing.
 
 Stage 1 runs `align.method`, or each arm of `align_arms` (label -> method and
 method_config, e.g. SFT and Vaccine), and stage 2 starts from every arm, so one report

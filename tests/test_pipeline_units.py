@@ -71,7 +71,7 @@ def test_run_folder_refuses_reuse_and_checks_config_on_resume(tmp_path):
         RunFolder(tmp_path, "exp", "r", {"a": 2}, resume=True)
 
 
-def test_resume_without_a_name_continues_the_latest_timed_run(tmp_path):
+def test_resume_without_a_name_continues_the_latest_run_of_the_same_config(tmp_path):
     cfg = ml_collections.ConfigDict({"run": {"root": str(tmp_path), "experiment": "exp",
                                              "name": ""}, "lr": 1.0})
     first = open_run(cfg, resume=False)
@@ -81,8 +81,14 @@ def test_resume_without_a_name_continues_the_latest_timed_run(tmp_path):
     time.sleep(1.1)  # the next timed name differs
     second = open_run(cfg, resume=False)
     second.log({"event": "y"})
-    assert second.path != first.path
+    time.sleep(1.1)
+    other = ml_collections.ConfigDict(cfg.to_dict())
+    other.lr = 3.0
+    newest = open_run(other, resume=False)  # newer, but another config
+    newest.log({"event": "z"})
+    assert len({first.path, second.path, newest.path}) == 3
     assert open_run(cfg, resume=True).path == second.path
+    assert open_run(other, resume=True).path == newest.path
     named = ml_collections.ConfigDict(cfg.to_dict())
     named.run.name = first.path.name
     assert open_run(named, resume=True).path == first.path

@@ -25,12 +25,15 @@ def default_run_name() -> str:
     return datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
-def latest_run_name(root: str | Path, experiment: str) -> str | None:
-    """The newest run folder of `experiment` by its config's modification time, or None."""
-    folders = [p for p in (Path(root) / experiment).glob("*/config.json")]
-    if not folders:
+def latest_run_name(root: str | Path, experiment: str, config: Any) -> str | None:
+    """The newest run folder of `experiment` (by its config file's time) whose stored
+    config equals `config` up to `run.name`, or None."""
+    want = _without_run_name(to_plain(config))
+    matching = [p for p in (Path(root) / experiment).glob("*/config.json")
+                if _without_run_name(json.loads(p.read_text())) == want]
+    if not matching:
         return None
-    return max(folders, key=lambda p: p.stat().st_mtime).parent.name
+    return max(matching, key=lambda p: p.stat().st_mtime).parent.name
 
 
 def _without_run_name(plain: Any) -> Any:

@@ -38,14 +38,14 @@ class Clock:
 
 def open_run(cfg: ml_collections.ConfigDict, resume: bool) -> RunFolder:
     """The config's run folder. With `run.name` empty: a new folder named by time, or
-    with `resume` the experiment's latest folder (so `--resume` alone continues an
-    interrupted `make demo`)."""
+    with `resume` the latest folder of the same config (so `--resume` alone continues an
+    interrupted `make demo`; a new one when there is none)."""
     name = cfg.run.name
     if not name and resume:
-        name = latest_run_name(cfg.run.root, cfg.run.experiment)
-        if name is not None:
-            print(f"--resume without --config.run.name: continuing the latest run, {name}",
-                  flush=True)
+        name = latest_run_name(cfg.run.root, cfg.run.experiment, cfg)
+        print("--resume without --config.run.name: " + (
+            f"continuing the latest run of this config, {name}" if name else
+            "no run of this config to continue, starting a new one"), flush=True)
     return RunFolder(cfg.run.root, cfg.run.experiment, name or default_run_name(), cfg,
                      resume=resume)
 
