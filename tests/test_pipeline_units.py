@@ -95,6 +95,9 @@ def test_resume_without_a_name_continues_the_latest_run_of_the_same_config(tmp_p
     named.lr = 2.0
     with pytest.raises(ValueError, match="differs"):
         open_run(named, resume=True)
+    (second.path / "config.json").write_text('{"run": ')  # a torn write
+    with pytest.raises(ValueError, match=f"{second.path.name}/config.json: not valid JSON"):
+        open_run(cfg, resume=True)
 
 
 def test_stage_links_survive_moving_the_project(tmp_path):

@@ -30,10 +30,18 @@ def latest_run_name(root: str | Path, experiment: str, config: Any) -> str | Non
     config equals `config` up to `run.name`, or None."""
     want = _without_run_name(to_plain(config))
     matching = [p for p in (Path(root) / experiment).glob("*/config.json")
-                if _without_run_name(json.loads(p.read_text())) == want]
+                if _without_run_name(_read_config(p)) == want]
     if not matching:
         return None
     return max(matching, key=lambda p: p.stat().st_mtime).parent.name
+
+
+def _read_config(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e}); a run folder's config.json is "
+                         "written by the study script, restore or delete it") from e
 
 
 def _without_run_name(plain: Any) -> Any:
@@ -59,7 +67,7 @@ class RunFolder:
                     f"{self.path} already exists; pass --resume to continue it or choose "
                     f"another --config.run.name")
             if config_file.exists():
-                stored = json.loads(config_file.read_text())
+                stored = _read_config(config_file)
                 if _without_run_name(stored) != _without_run_name(plain):
                     raise ValueError(f"{config_file}: the stored config differs from this "
                                      "run's config; a resumed run must use the same config")
