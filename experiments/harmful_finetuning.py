@@ -177,13 +177,21 @@ def study_effects(records: dict[str, list[dict]], variants: dict[str, dict],
 
 
 def ema_anchor_notes(variants: dict[str, dict], mode: str) -> list[str]:
-    """How much of the starting weights each EMA's average still holds (beta^steps): an
-    EMA effect after few steps mostly shows how little the average has moved."""
-    held = sorted({(v["ema"], v["steps"]) for v in variants.values() if v["ema"] > 0})
-    return [f"EMA {beta:g} ({mode} mode) over {steps} steps, started at the starting "
-            f"weights: the average still holds {100 * beta ** steps:.0f}% of them "
-            f"({beta:g}^{steps}), so an EMA effect here is mostly how little it has moved."
-            for beta, steps in held]
+    """How much of the starting weights each track-mode EMA average still holds
+    (beta^steps): an EMA effect after few steps mostly shows how little the average has
+    moved. (In pull mode the weights are the start plus (1 - beta) times the summed
+    updates, so there is no such share to state.)"""
+    if mode != "track":
+        return []
+    arms: dict[tuple[float, int], list[str]] = {}
+    for label, v in variants.items():
+        if v["ema"] > 0:
+            arms.setdefault((v["ema"], v["steps"]), []).append(label)
+    return [f"EMA {beta:g} (track mode) over {steps} steps, started at the starting "
+            f"weights ({', '.join(labels)}): the average still holds "
+            f"{100 * beta ** steps:.0f}% of them ({beta:g}^{steps}), so an EMA effect here "
+            "is mostly how little it has moved."
+            for (beta, steps), labels in sorted(arms.items())]
 
 
 def write_outputs(cfg: ml_collections.ConfigDict, run: RunFolder, results: dict,

@@ -84,7 +84,8 @@ def run_sweep(cfg: ml_collections.ConfigDict, *, resume: bool = False,
     sweep.heatmap(cells, run.path / "plots" / "heatmap.png")
     best = sweep.best_safe_cell(cells, float(cfg.sweep.safe_harmful_score))
     lines = [f"# {cfg.run.title}", "",
-             f"Aligned start: {method}; user data n = {cfg.finetune.n}, p = {cfg.sweep.p}.",
+             f"Aligned start: {method}; user data n = {cfg.finetune.n}, p = {cfg.sweep.p}; "
+             f"evaluated on the {study_data.eval_split(cfg)} split.",
              "", "| cell | harmful score (95% CI) | task accuracy (95% CI) |", "|---|---|---|"]
     for c in cells:
         r = results[c["label"]]

@@ -48,7 +48,10 @@ def test_run_folder_is_complete(study):
     assert "| sft+ft(p=0.25, ema=0.9) |" in report and "95% CI" in report
     assert "EMA 0.9 vs no EMA" in report and "significant" in report.lower()
     held = re.search(r"EMA 0\.9 \(track mode\) over (\d+) steps.* holds (\d+)% of them", report)
-    assert held and int(held[2]) == round(100 * 0.9 ** int(held[1]))
+    events = [json.loads(x) for x in (path / "metrics.jsonl").read_text().splitlines()]
+    trained = {e["steps"] for e in events if e.get("stage", "").endswith("_ema0.9")}
+    assert held and trained == {int(held[1])}
+    assert int(held[2]) == round(100 * 0.9 ** int(held[1]))
     assert "base+ft(p=0.25) vs base" in report and "sft+ft(p=0.25) vs sft" in report
     listed = refusal_list()  # the notes count the list's phrases and patterns
     assert (f"keyword list version refusal-v1 ({len(listed['phrases'])} phrases and "
@@ -154,6 +157,7 @@ def test_sweep_on_the_tiny_model(study):
     path = run_sweep(sweep_cfg, progress=False)
     cells = json.loads((path / "cells.json").read_text())
     assert len(cells) == 4 and len({c["key"] for c in cells}) == 4
+    assert "evaluated on the test split" in (path / "report.md").read_text()
     assert (path / "plots" / "heatmap.png").is_file()
     best = json.loads((path / "best_cell.json").read_text())
     assert best["label"] in {c["label"] for c in cells}

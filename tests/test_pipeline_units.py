@@ -4,13 +4,14 @@ paired effect CIs, the sweep's grid and best cell, incomplete-stage refusal."""
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 
 import ml_collections
 import pytest
 
-from configs import base, demo
+from configs import base, demo, optimization_sweep
 from research.pipeline import registry
 from research.pipeline.hashing import config_hash, to_plain
 from research.pipeline.report import effect_sentence, paired_difference
@@ -95,9 +96,11 @@ def test_resume_without_a_name_continues_the_latest_run_of_the_same_config(tmp_p
     named.lr = 2.0
     with pytest.raises(ValueError, match="differs"):
         open_run(named, resume=True)
-    (second.path / "config.json").write_text('{"run": ')  # a torn write
+    (newest.path / "config.json").write_text('{"run": ')  # a torn write elsewhere
+    assert open_run(cfg, resume=True).path == second.path
+    (second.path / "config.json").write_text('{"run": ')  # and in the folder opened
     with pytest.raises(ValueError, match=f"{second.path.name}/config.json: not valid JSON"):
-        open_run(cfg, resume=True)
+        RunFolder(tmp_path, "exp", second.path.name, cfg, resume=True)
 
 
 def test_stage_links_survive_moving_the_project(tmp_path):
@@ -112,6 +115,11 @@ def test_stage_links_survive_moving_the_project(tmp_path):
     assert (moved / "runs" / "demo" / "r1" / "checkpoints" / "align" / "stage.json").exists()
     with pytest.raises(FileExistsError):
         link(moved / "runs" / "demo" / "r1" / "checkpoints" / "align", moved / "elsewhere")
+    outside = tmp_path / "fast_disk" / "abc"  # a cache outside the runs root
+    outside.mkdir(parents=True)
+    other = moved / "runs" / "demo" / "r2" / "checkpoints" / "align"
+    link(other, outside)
+    assert os.readlink(other) == str(outside.resolve())
 
 
 def test_incomplete_stage_needs_resume(tmp_path):
@@ -213,3 +221,8 @@ def test_studies_refuse_a_multi_process_launch(monkeypatch):
     monkeypatch.setattr(jax, "process_count", lambda: 2)
     with pytest.raises(RuntimeError, match="launched as 2 processes.*one host"):
         require_one_process()
+
+
+def test_studies_that_select_evaluate_on_val_and_the_demo_reports_test():
+    assert optimization_sweep.get_config().eval.split == "val"  # it picks a best cell
+    assert demo.get_config().eval.split == "test"

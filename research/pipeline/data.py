@@ -4,10 +4,11 @@
   the next `n_user_harmful` get the base model's compliant answers for stage 2;
 - benign requests (train split, an equal share per source): the base model's answers,
   for stage 1 (at least as many as the refusals, DESIGN.md Data);
-- the user's task (train split) for stage 2, its test split for task accuracy;
+- the user's task (train split) for stage 2, its `eval.split` for task accuracy;
 - evaluation sets from a held-out split only (`eval.split`: test, or val for tuning), an
   equal share per source.
-Splits are the data layer's content-hash splits, so no test prompt is ever trained on.
+Splits are the data layer's content-hash splits, so no val or test prompt is ever
+trained on.
 Reserved evaluation data (HarmBench, PyRIT scorer evals) is never a source here.
 """
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +30,18 @@ def latest_run_name(root: str | Path, experiment: str, config: Any) -> str | Non
     """The newest run folder of `experiment` (by its config file's time) whose stored
     config equals `config` up to `run.name`, or None."""
     want = _without_run_name(to_plain(config))
-    matching = [p for p in (Path(root) / experiment).glob("*/config.json")
-                if _without_run_name(_read_config(p)) == want]
+    matching = []
+    for path in (Path(root) / experiment).glob("*/config.json"):
+        try:
+            stored = _read_config(path)
+        except ValueError as e:  # another run's torn file does not block this one
+            logging.warning("skipping when looking for the latest run: %s", e)
+            continue
+        if _without_run_name(stored) == want:
+            matching.append(path)
     if not matching:
         return None
-    return max(matching, key=lambda p: p.stat().st_mtime).parent.name
+    return max(matching, key=lambda p: (p.stat().st_mtime_ns, p.parent.name)).parent.name
 
 
 def _read_config(path: Path) -> Any:

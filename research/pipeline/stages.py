@@ -84,8 +84,10 @@ def planned_steps(stage_cfg: ml_collections.ConfigDict, steps_per_epoch: int) ->
 
 
 def link(run_path: Path, entry: Path) -> None:
-    """Point `run_path` at a cache entry (replacing only an earlier link to it). The link
-    is relative, so a project moved or copied with its `runs/` keeps working links."""
+    """Point `run_path` (`<root>/<experiment>/<run>/checkpoints/<stage>`) at a cache entry
+    (replacing only an earlier link to it). The link is relative when the entry lies in
+    the same runs root (the default `runs/cache`), so a project moved or copied with its
+    `runs/` keeps working links; a cache elsewhere gets an absolute link."""
     run_path.parent.mkdir(parents=True, exist_ok=True)
     if run_path.is_symlink():
         if run_path.resolve() == entry.resolve():
@@ -93,7 +95,9 @@ def link(run_path: Path, entry: Path) -> None:
         raise FileExistsError(f"{run_path} links to {run_path.resolve()}, not {entry}")
     if run_path.exists():
         raise FileExistsError(f"{run_path} exists; a run folder is never overwritten")
-    target = os.path.relpath(entry.resolve(), run_path.parent.resolve())
+    target, here = entry.resolve(), run_path.parent.resolve()
+    if target.is_relative_to(here.parents[2]):
+        target = Path(os.path.relpath(target, here))
     run_path.symlink_to(target, target_is_directory=True)
 
 
