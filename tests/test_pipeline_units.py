@@ -72,6 +72,18 @@ def test_run_folder_refuses_reuse_and_checks_config_on_resume(tmp_path):
         RunFolder(tmp_path, "exp", "r", {"a": 2}, resume=True)
 
 
+def test_resumed_run_does_not_log_replayed_events_twice(tmp_path):
+    run = RunFolder(tmp_path, "exp", "r", {"a": 1})
+    run.log({"event": "stage", "stage": "align", "steps": 3})
+    run.log({"event": "stage", "stage": "align", "steps": 3})  # a fresh run keeps repeats
+    resumed = RunFolder(tmp_path, "exp", "r", {"a": 1}, resume=True)
+    resumed.log({"event": "stage", "stage": "align", "steps": 3})  # replayed from cache
+    resumed.log({"event": "stage", "stage": "ft", "steps": 2})  # new work
+    lines = [json.loads(line) for line in
+             (run.path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in lines] == ["align", "align", "ft"]
+
+
 def test_resume_without_a_name_continues_the_latest_run_of_the_same_config(tmp_path):
     cfg = ml_collections.ConfigDict({"run": {"root": str(tmp_path), "experiment": "exp",
                                              "name": ""}, "lr": 1.0})

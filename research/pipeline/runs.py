@@ -84,14 +84,28 @@ class RunFolder:
             (self.path / sub).mkdir(exist_ok=True)
         if not config_file.exists():
             config_file.write_text(json.dumps(plain, indent=2) + "\n")
+        self._logged = self._logged_lines() if resume else set()
 
     def checkpoint(self, stage: str) -> Path:
         return self.path / "checkpoints" / stage
 
+    def _logged_lines(self) -> set[str]:
+        path = self.path / "metrics.jsonl"
+        if not path.exists():
+            return set()
+        return set(path.read_text(encoding="utf-8").splitlines())
+
     def log(self, record: dict[str, Any]) -> None:
-        """Append one JSON line to metrics.jsonl (stage events and summaries)."""
+        """Append one JSON line to metrics.jsonl (stage events and summaries).
+
+        A resumed run replays its finished stages from the caches: a record identical to
+        one the folder held when it was reopened is not written again.
+        """
+        line = json.dumps(record)
+        if line in self._logged:
+            return
         with open(self.path / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(line + "\n")
 
     def write_json(self, name: str, data: Any) -> Path:
         target = self.path / name
