@@ -2,7 +2,7 @@
 of learning rate x batch size x number of steps, with and without parameter EMA.
 
 The demo's data, alignment (full fine-tuning, so its stage 1 is shared through the
-cache) and evaluation sizes. Learning rates bracket the demo's full fine-tuning lr 3e-5
+cache) and evaluation sizes. Learning rates bracket the demo's user fine-tuning lr 3e-5
 by about 3x either way; EMA runs in track mode, so each EMA cell also yields its no-EMA
 twin and the 24 cells take 12 trainings. It selects a cell (the best safe one), so it
 evaluates on the val split; evaluate the chosen cell on test to report it.
