@@ -74,14 +74,20 @@ def test_run_folder_refuses_reuse_and_checks_config_on_resume(tmp_path):
 
 def test_resumed_run_does_not_log_replayed_events_twice(tmp_path):
     run = RunFolder(tmp_path, "exp", "r", {"a": 1})
-    run.log({"event": "stage", "stage": "align", "steps": 3})
-    run.log({"event": "stage", "stage": "align", "steps": 3})  # a fresh run keeps repeats
+    trained = {"event": "stage", "stage": "align", "steps": 3, "cache_hit": False}
+    run.log(trained)
+    run.log({"event": "eval", "label": "base"})
+    run.log({"event": "eval", "label": "base"})  # a fresh run keeps repeats
+    with open(run.path / "metrics.jsonl", "a") as f:
+        f.write('{"event": "eval", "lab')  # torn by a crash mid-write
     resumed = RunFolder(tmp_path, "exp", "r", {"a": 1}, resume=True)
-    resumed.log({"event": "stage", "stage": "align", "steps": 3})  # replayed from cache
-    resumed.log({"event": "stage", "stage": "ft", "steps": 2})  # new work
-    lines = [json.loads(line) for line in
-             (run.path / "metrics.jsonl").read_text().splitlines()]
-    assert [r["stage"] for r in lines] == ["align", "align", "ft"]
+    resumed.log(dict(trained, cache_hit=True))  # the same stage, replayed from the cache
+    resumed.log({"label": "base", "event": "eval"})  # replayed evaluation, keys reordered
+    resumed.log({"event": "stage", "stage": "ft", "steps": 2, "cache_hit": False})  # new
+    lines = (run.path / "metrics.jsonl").read_text().splitlines()
+    assert lines[3] == '{"event": "eval", "lab'
+    records = [json.loads(line) for i, line in enumerate(lines) if i != 3]
+    assert [r.get("stage", r.get("label")) for r in records] == ["align", "base", "base", "ft"]
 
 
 def test_resume_without_a_name_continues_the_latest_run_of_the_same_config(tmp_path):

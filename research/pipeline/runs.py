@@ -59,6 +59,12 @@ def _without_run_name(plain: Any) -> Any:
     return plain
 
 
+def _identity(record: dict[str, Any]) -> str:
+    """What makes two logged records the same event: everything but `cache_hit`, which a
+    stage replayed from the cache reports as true where its first run logged false."""
+    return json.dumps({k: v for k, v in record.items() if k != "cache_hit"}, sort_keys=True)
+
+
 class RunFolder:
     """Paths and writers of one run; see the module docstring for the overwrite rule."""
 
@@ -84,28 +90,40 @@ class RunFolder:
             (self.path / sub).mkdir(exist_ok=True)
         if not config_file.exists():
             config_file.write_text(json.dumps(plain, indent=2) + "\n")
-        self._logged = self._logged_lines() if resume else set()
+        self._logged = self._logged_records() if resume else set()
 
     def checkpoint(self, stage: str) -> Path:
         return self.path / "checkpoints" / stage
 
-    def _logged_lines(self) -> set[str]:
+    def _logged_records(self) -> set[str]:
+        """Identities of the records metrics.jsonl holds; a torn last line (a crash
+        mid-write) is ended so that the next record starts on a line of its own."""
         path = self.path / "metrics.jsonl"
         if not path.exists():
             return set()
-        return set(path.read_text(encoding="utf-8").splitlines())
+        text = path.read_text(encoding="utf-8")
+        if text and not text.endswith("\n"):
+            with open(path, "a", encoding="utf-8") as f:
+                f.write("\n")
+        found = set()
+        for line in text.splitlines():
+            try:
+                found.add(_identity(json.loads(line)))
+            except (json.JSONDecodeError, AttributeError):
+                continue  # the torn line: kept in the file, matches nothing
+        return found
 
     def log(self, record: dict[str, Any]) -> None:
         """Append one JSON line to metrics.jsonl (stage events and summaries).
 
-        A resumed run replays its finished stages from the caches: a record identical to
-        one the folder held when it was reopened is not written again.
+        A resumed run replays its finished stages from the caches: a record equal (apart
+        from `cache_hit`) to one the folder held when it was reopened is not written
+        again, so each stage and evaluation is logged once.
         """
-        line = json.dumps(record)
-        if line in self._logged:
+        if _identity(record) in self._logged:
             return
         with open(self.path / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(line + "\n")
+            f.write(json.dumps(record) + "\n")
 
     def write_json(self, name: str, data: Any) -> Path:
         target = self.path / name
