@@ -19,8 +19,9 @@ candidates before the trivial-answer filter). So about 20% of the pool is select
 against the paper's 0.2%: the outliers are far less extreme, which weakens the contrast.
 Estimated time (not yet measured end to end): about 20 minutes after `make demo` (pool
 answers ~3 min, scoring ~1 s per example under load ~5 min, 4 fine-tunes ~5 min, 4
-evaluations ~8 min), about 33 minutes from an empty cache (stage 1 is 189 steps). The paper's sizes:
-`--config.outliers.k=100 --config.outliers.top_pool=1200` with a larger pool.
+evaluations ~8 min), about 33 minutes from an empty cache (stage 1 is 189 steps). The
+paper's sizes: `--config.outliers.k=100 --config.outliers.top_pool=1200` with a larger
+pool.
 """
 
 from __future__ import annotations
