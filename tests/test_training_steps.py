@@ -50,15 +50,21 @@ def test_loss_matches_hand_computation_over_response_tokens():
     np.testing.assert_allclose(got.loss_sum / got.tokens, _hand_loss(logits, batch), rtol=1e-5)
 
 
+def assert_gradient_only_where_a_response_token_is_predicted(grad, batch) -> None:
+    """`grad [B, T, ...]` is zero at every position whose next token is a prompt (or no)
+    token and nonzero at every position that predicts a response token."""
+    per_position = np.abs(np.asarray(grad)).sum(-1)  # [B, T]
+    predicts_response = np.zeros_like(per_position, bool)
+    predicts_response[:, :-1] = np.asarray(batch["loss_mask"][:, 1:]) == 1
+    assert (per_position[~predicts_response] == 0).all()
+    assert (per_position[predicts_response] > 0).all()
+
+
 def test_loss_mask_excludes_prompt_positions_from_the_gradient():
     batch = make_batch()
     logits = jax.random.normal(jax.random.key(0), (*batch["tokens"].shape, 128))
     grad = jax.grad(lambda lg: masked_nll_sum(lg, batch).loss_sum)(logits)
-    per_position = np.abs(np.asarray(grad)).sum(-1)  # [B, T]
-    predicts_response = np.zeros_like(per_position, bool)
-    predicts_response[:, :-1] = batch["loss_mask"][:, 1:] == 1
-    assert (per_position[~predicts_response] == 0).all()
-    assert (per_position[predicts_response] > 0).all()
+    assert_gradient_only_where_a_response_token_is_predicted(grad, batch)
 
 
 def test_the_train_step_loss_is_the_response_only_loss():
@@ -74,11 +80,7 @@ def test_the_train_step_loss_is_the_response_only_loss():
 
     hidden = model(batch["tokens"], attention_mask=batch["attention_mask"]).hidden
     grad = jax.grad(lambda h: hidden_nll_sum(model, h, batch).loss_sum)(hidden)
-    per_position = np.abs(np.asarray(grad)).sum(-1)
-    predicts_response = np.zeros_like(per_position, bool)
-    predicts_response[:, :-1] = np.asarray(batch["loss_mask"][:, 1:]) == 1
-    assert (per_position[~predicts_response] == 0).all()
-    assert (per_position[predicts_response] > 0).all()
+    assert_gradient_only_where_a_response_token_is_predicted(grad, batch)
 
 
 def test_per_example_mean_matches_single_example_losses():
