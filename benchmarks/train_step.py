@@ -13,6 +13,10 @@ each other at every parallel region (a 2-thread step measured 5-8x slower than a
 1-thread one), which would flatter JAX.
 `other_load_cores` is the mean CPU use of other processes while timing (from
 /proc/stat); rerun when it is well above 0 for figures you report.
+The JAX steps get the batch as the training pipeline makes it, with `loss_rows`, so
+their output head unembeds only the 768 positions that predict a response token, where
+transformers computes logits at all 1024 (as its training does); `--all-positions`
+feeds them every position instead.
 
 Also: the LoRA (r=8, all targets) step, peak memory, and the achieved model FLOP/s of
 the full step as a fraction of this CPU's measured float32 matmul FLOP/s (the best rate
@@ -44,6 +48,7 @@ import optax
 
 from benchmarks.step_gemms import print_gemm_table, summarize, time_step_gemms
 from benchmarks.timing import with_torch_threads
+from research.data.batches import response_rows
 from research.models import LoRAConfig, load_pretrained
 from research.models.config import ModelConfig
 from research.models.loading import embedded_folder
@@ -54,24 +59,34 @@ ALIAS = "smollm2-135m-instruct"
 LR, WEIGHT_DECAY, CLIP = 1e-5, 0.01, 1.0
 
 
-def make_batch(vocab: int, rows: int, length: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random tokens, no padding, the last 3/4 of each row as the response."""
+def make_batch(vocab: int, rows: int, length: int, seed: int = 0,
+               all_positions: bool = False) -> dict[str, np.ndarray]:
+    """Random tokens, no padding, the last 3/4 of each row as the response; with
+    `loss_rows` as training batches carry them, unless `all_positions`."""
     rng = np.random.default_rng(seed)
     tokens = rng.integers(3, vocab, size=(rows, length)).astype(np.int32)
     loss = np.zeros((rows, length), bool)
     loss[:, length // 4:] = True
-    return {"tokens": tokens, "attention_mask": np.ones((rows, length), bool), "loss_mask": loss}
+    batch = {"tokens": tokens, "attention_mask": np.ones((rows, length), bool),
+             "loss_mask": loss}
+    if not all_positions:
+        batch["loss_rows"] = response_rows(loss, batch["attention_mask"])
+    return batch
 
 
-def model_flops_per_step(cfg: ModelConfig, rows: int, length: int) -> float:
-    """Training FLOPs (forward + backward) of one step, by the accounting above."""
+def model_flops_per_step(cfg: ModelConfig, rows: int, length: int,
+                         head_positions: int | None = None) -> float:
+    """Training FLOPs (forward + backward) of one step, by the accounting above; with
+    `head_positions`, the output head's counted at only that many positions (the FLOPs
+    a step that unembeds only `loss_rows` executes)."""
     d, f, hd = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
     q, kv = cfg.num_heads * hd, cfg.num_kv_heads * hd
     per_layer = d * q + 2 * d * kv + q * d + 3 * d * f
-    matmul_params = cfg.num_layers * per_layer + d * cfg.vocab_size
     tokens = rows * length
+    head = tokens if head_positions is None else head_positions
     attention = 3 * 4 * rows * length * length * q * cfg.num_layers
-    return 6.0 * matmul_params * tokens + attention
+    return (6.0 * cfg.num_layers * per_layer * tokens + 6.0 * d * cfg.vocab_size * head
+            + attention)
 
 
 MATMUL_SIZE = 2048
@@ -208,14 +223,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--quick", action="store_true", help="fewer timed rounds")
     parser.add_argument("--rows", type=int, default=8)
     parser.add_argument("--length", type=int, default=128)
+    parser.add_argument("--all-positions", action="store_true",
+                        help="feed the JAX steps without loss_rows: unembed every position")
     args = parser.parse_args(argv)
     rounds = 3 if args.quick else 7
 
     model, _ = load_pretrained(ALIAS, with_tokenizer=False)
     cfg = model.config
     del model
-    batch = make_batch(cfg.vocab_size, args.rows, args.length)
+    batch = make_batch(cfg.vocab_size, args.rows, args.length, all_positions=args.all_positions)
     tokens = args.rows * args.length
+    head_positions = batch["loss_rows"].size if "loss_rows" in batch else tokens
 
     jax_full, jax_memory = jax_step_runner("full", batch)
     jax_remat, remat_memory = jax_step_runner("full", batch, remat=True)
@@ -258,6 +276,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "torch_system_cpu_seconds_per_step": statistics.median(raw_system[best_torch]),
         "lora_tokens_per_s": tokens / times["jax_lora"],
         "flops_fraction_of_matmul_peak": flops / times[best_jax] / cpu_peak,
+        "sft_head_positions": head_positions,
+        "sft_executed_flops_fraction_of_matmul_peak": (
+            model_flops_per_step(cfg, args.rows, args.length, head_positions)
+            / times[best_jax] / cpu_peak),
         "torch_flops_fraction_of_matmul_peak": flops / times["torch_best"] / cpu_peak,
         "model_flops_per_step": flops,
         **summarize(gemms),
@@ -309,7 +331,9 @@ def print_table(r: dict[str, Any], times: dict[str, float]) -> None:
           f"{r['gemm_seconds_torch']:.2f} s per step; torch/XLA {r['gemm_time_ratio']:.2f}, "
           f"the ratio a GEMM-only step would have")
     print(f"model FLOP/s fraction of matmul peak: JAX {r['flops_fraction_of_matmul_peak']:.2f}, "
-          f"torch {r['torch_flops_fraction_of_matmul_peak']:.2f}")
+          f"torch {r['torch_flops_fraction_of_matmul_peak']:.2f}; JAX executed "
+          f"{r['sft_executed_flops_fraction_of_matmul_peak']:.2f} (its head unembeds "
+          f"{r['sft_head_positions']} of {r['batch'][0] * r['batch'][1]} positions)")
     if r["sft_step_peak_bytes_xla"]:
         print(f"XLA step peak (args + temps + outputs - donated): full "
               f"{r['sft_step_peak_bytes_xla'] / gib:.2f} GiB, LoRA "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from research.data.batches import BatchIterator, bucket_for, plan_epoch
+from research.data.batches import BatchIterator, bucket_for, plan_epoch, response_rows
 from research.data.chat import ChatExample
 
 
@@ -24,6 +24,8 @@ def test_batches_are_padded_to_buckets_with_full_rows():
         T = b["tokens"].shape[1]
         assert b["tokens"].shape == b["attention_mask"].shape == b["loss_mask"].shape == (2, T)
         assert b["tokens"].dtype == np.int32 and b["loss_mask"].dtype == bool
+        np.testing.assert_array_equal(b["loss_rows"],
+                                      response_rows(b["loss_mask"], b["attention_mask"]))
         for row in range(2):
             n = int(b["attention_mask"][row].sum())
             if n:
@@ -62,3 +64,21 @@ def test_save_and_restore_resumes_the_exact_stream():
 def test_too_long_example_is_an_error():
     with pytest.raises(ValueError, match="exceeds the largest bucket"):
         BatchIterator(_examples([100]), 2, 0, buckets=(32, 64))
+
+
+def test_response_rows_list_every_position_that_predicts_a_response_token():
+    T = 40
+    loss = np.zeros((3, T), bool)
+    attention = np.zeros((3, T), bool)
+    attention[0, :30], loss[0, 10:30] = True, True    # right-padded: positions 9..28
+    attention[1, 5:], loss[1, 20:] = True, True       # left-padded: positions 19..38
+    loss[1, 25] = False                               # a hole in the response
+    rows = response_rows(loss, attention)             # row 2 is an empty padding row
+    assert rows.dtype == np.int32 and rows.shape == (3, 32)  # 20 rounded up to 16s
+    assert rows[0].tolist() == list(range(9, 29)) + [T - 1] * 12
+    assert rows[1].tolist() == [p for p in range(19, 39) if p != 24] + [T - 1] * 13
+    assert (rows[2] == T - 1).all()
+    # a loss mark on padding predicts nothing; the width never exceeds T-1
+    full = np.ones((2, 8), bool)
+    assert response_rows(full, full).tolist() == [list(range(7))] * 2
+    assert response_rows(full, np.zeros((2, 8), bool)).shape == (2, 1)

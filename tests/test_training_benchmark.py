@@ -31,6 +31,9 @@ def test_model_flops_match_a_hand_count():
     rows, length = 2, 4
     attention = 3 * 4 * rows * length * length * 32 * 2
     assert model_flops_per_step(TINY, rows, length) == 6 * matmul_params * rows * length + attention
+    # a head that unembeds 5 of the 8 positions executes 3 positions' head FLOPs less
+    assert (model_flops_per_step(TINY, rows, length) - model_flops_per_step(TINY, rows, length, 5)
+            == 6 * 32 * 128 * 3)
 
 
 def test_benchmark_batch_masks_the_prompt_quarter():
@@ -38,6 +41,8 @@ def test_benchmark_batch_masks_the_prompt_quarter():
     assert batch["tokens"].shape == (2, 8) and batch["tokens"].max() < 128
     assert batch["loss_mask"][:, :2].sum() == 0 and batch["loss_mask"][:, 2:].all()
     assert batch["attention_mask"].all()
+    assert batch["loss_rows"].tolist() == [[1, 2, 3, 4, 5, 6, 7]] * 2  # 7 = T-1: padding
+    assert "loss_rows" not in make_batch(vocab=128, rows=2, length=8, all_positions=True)
 
 
 @pytest.mark.parametrize("tied", [False, True])

@@ -17,10 +17,12 @@ from research.training.sharding import fsdp_spec, make_mesh, multi_host_environm
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Runs the same training code on a given mesh and prints the per-step losses as JSON.
+# Runs the same training code on a given mesh and prints the per-step losses as JSON;
+# the batches carry loss_rows, as the pipeline's do.
 SCRIPT = """
 import json, sys
 import jax, jax.numpy as jnp, ml_collections
+from research.data.batches import response_rows
 from research.training.optim import make_optimizer
 from research.training.sharding import make_mesh, param_shardings, shard_batch, shard_params
 from research.training.state import init_train_state, split_model
@@ -39,7 +41,9 @@ def run(data, fsdp):
                          state_shardings=param_shardings(mesh, state))
     losses, tokens = [], []
     for s in range(3):
-        state, metrics = step(state, frozen, shard_batch(mesh, make_batch(rows=16, seed=s)))
+        batch = make_batch(rows=16, length=40, seed=s)
+        batch["loss_rows"] = response_rows(batch["loss_mask"], batch["attention_mask"])
+        state, metrics = step(state, frozen, shard_batch(mesh, batch))
         losses.append(float(metrics["loss"]))
         tokens.append(float(metrics["tokens"]))
     spec = state.params["layers"]["w_up"][...].sharding.spec

@@ -3,7 +3,8 @@
 Examples of similar length share a batch padded to a bucket length, so padding stays
 small and the number of distinct shapes (compilations) stays fixed. Every batch has
 exactly `batch_size` rows (a short last batch gets empty rows with all-False masks), so
-it shards evenly over a data axis. The epoch order is a pure function of
+it shards evenly over a data axis. Training batches also carry `loss_rows`, the positions
+the loss reads (`response_rows`). The epoch order is a pure function of
 (seed, epoch), so an iterator's position is two integers and restores exactly.
 """
 
@@ -61,6 +62,29 @@ def collate(examples: Sequence[ChatExample], indices: np.ndarray, length: int,
     return {"tokens": tokens, "attention_mask": attention, "loss_mask": loss}
 
 
+def response_rows(loss_mask: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+    """Per row, the positions t whose logits predict a response token (`loss_mask[t+1]`
+    on a real token), in order, padded with T-1, which predicts nothing: `[B, R]` int32.
+
+    Why: the loss then unembeds only these positions; the `[positions, vocab]` logits
+    are the step's largest products, and prompts need none of them. R is the longest
+    row's count rounded up to a multiple of max(16, T // 8), at most T-1, so one padded
+    length compiles at most 8 step shapes.
+    """
+    chex.assert_rank(loss_mask, 2)
+    chex.assert_equal_shape([loss_mask, attention_mask])
+    B, T = loss_mask.shape
+    predicts = (loss_mask[:, 1:] != 0) & (attention_mask[:, 1:] != 0)
+    multiple = max(16, T // 8)
+    longest = int(predicts.sum(axis=1).max(initial=0))
+    width = max(1, min(T - 1, -(-longest // multiple) * multiple))
+    rows = np.full((B, width), T - 1, np.int32)
+    for r in range(B):
+        positions = np.flatnonzero(predicts[r])
+        rows[r, :len(positions)] = positions
+    return rows
+
+
 class BatchIterator:
     """Endless batches over epochs; `state()` / `restore()` save and resume the position."""
 
@@ -105,4 +129,6 @@ class BatchIterator:
             self._plan = self._make_plan(self.epoch)
         length, indices = self._plan[self.step]
         self.step += 1
-        return collate(self.examples, indices, length, self.batch_size, self.pad_id)
+        batch = collate(self.examples, indices, length, self.batch_size, self.pad_id)
+        batch["loss_rows"] = response_rows(batch["loss_mask"], batch["attention_mask"])
+        return batch

@@ -7,6 +7,9 @@ Batch convention (shared with `research.data.batches`), all arrays `[B, T]`:
   The logits at position t-1 predict `tokens[t]`, so the loss pairs
   `logits[:, :-1]` with `tokens[:, 1:]` weighted by `loss_mask[:, 1:]`;
   `loss_mask[:, 0]` is ignored (nothing predicts the first token).
+- optional `loss_rows` int32 `[B, R]`: per row, every position t whose logits predict a
+  response token, padded with T-1 (`research.data.batches.response_rows`; training
+  batches carry it). The SFT loss then unembeds only those positions.
 
 Losses are returned as a *sum* over loss tokens together with the token count, so that
 gradient accumulation can divide once by the batch's total count and equal the
@@ -41,6 +44,12 @@ def check_batch(batch: Batch) -> None:
         raise KeyError(f"batch is missing {missing}; expected keys {BATCH_KEYS}")
     chex.assert_rank(batch["tokens"], 2)
     chex.assert_equal_shape([batch[key] for key in BATCH_KEYS])
+    if "loss_rows" in batch:
+        chex.assert_rank(batch["loss_rows"], 2)
+        chex.assert_equal_shape_prefix([batch["tokens"], batch["loss_rows"]], 1)
+        if not jnp.issubdtype(batch["loss_rows"].dtype, jnp.integer):
+            raise TypeError(f"batch['loss_rows'] must hold integer positions, got "
+                            f"{batch['loss_rows'].dtype}")
 
 
 def token_nll(logits: jax.Array, tokens: jax.Array) -> jax.Array:
@@ -66,22 +75,35 @@ def masked_nll_sum(logits: jax.Array, batch: Batch) -> LossSum:
     return LossSum(jnp.sum(nll * weights), jnp.sum(weights))
 
 
+def take_rows(x: jax.Array, rows: jax.Array) -> jax.Array:
+    """`x[b, rows[b]]` for `x [B, T-1, ...]` and `rows [B, R]`; out-of-range positions
+    (the T-1 padding of `loss_rows`) read zeros and take no gradient."""
+    index = rows.reshape(rows.shape + (1,) * (x.ndim - 2))
+    return jnp.take_along_axis(x, index, axis=1, mode="fill", fill_value=0)
+
+
 def hidden_nll_sum(model: Any, hidden: jax.Array, batch: Batch) -> LossSum:
     """`masked_nll_sum` from the final hidden states `[B, T, D]` instead of logits.
 
-    Why: the predicting positions are unembedded as one `[B*(T-1), D] @ [D, V]` matmul (no
-    `[B, T, V]` logits to slice), and the target logit is a row-wise dot with the gathered
-    output embedding, so the backward pass has no `[.., V]` scatter. On XLA:CPU this
-    cuts the output head's share of a training step by about a quarter (~4% of the step
-    for SmolLM2-135M) and its temporary memory by ~270 MB.
+    Why: the predicting positions are unembedded as one `[positions, D] @ [D, V]` matmul
+    (no `[B, T, V]` logits to slice), and the target logit is a row-wise dot with the
+    gathered output embedding, so the backward pass has no `[.., V]` scatter. On XLA:CPU
+    this cut the output head's share of a training step by about a quarter (~4% of the
+    step for SmolLM2-135M) and its temporary memory by ~270 MB. With `loss_rows` only the
+    positions that predict a response token are unembedded (all `B*(T-1)` without).
     """
     D = hidden.shape[-1]
-    h = hidden[:, :-1].reshape(-1, D)
-    targets = batch["tokens"][:, 1:].reshape(-1)
+    h, targets, weights = hidden[:, :-1], batch["tokens"][:, 1:], response_weights(batch)
+    if "loss_rows" in batch:
+        h, targets, weights = (take_rows(x, batch["loss_rows"]) for x in (h, targets, weights))
+    h, targets, weights = h.reshape(-1, D), targets.reshape(-1), weights.reshape(-1)
     log_z = jax.nn.logsumexp(model.unembed(h).astype(jnp.float32), axis=-1)
     nll = log_z - model.target_logits(h, targets).astype(jnp.float32)  # as token_nll
-    weights = response_weights(batch).reshape(-1)
-    return LossSum(jnp.sum(nll * weights), jnp.sum(weights))
+    loss_sum, count = jnp.sum(nll * weights), jnp.sum(weights)
+    if "loss_rows" in batch:  # rows that miss a response token: NaN, never a silent drop
+        complete = count == jnp.sum(response_weights(batch))
+        loss_sum = jnp.where(complete, loss_sum, jnp.nan)
+    return LossSum(loss_sum, count)
 
 
 def per_example_mean_nll(logits: jax.Array, batch: Batch) -> tuple[jax.Array, jax.Array]:

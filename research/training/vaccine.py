@@ -32,7 +32,8 @@ import optax
 from flax import nnx
 
 from research.models.transformer import SITES
-from research.training.losses import Batch, check_batch, response_weights, sft_loss_sum
+from research.training.losses import (BATCH_KEYS, Batch, check_batch, response_weights,
+                                      sft_loss_sum)
 from research.training.state import TrainState
 from research.training.steps import GradFn, make_train_step, split_microbatches
 
@@ -85,7 +86,7 @@ def batch_perturbation(params: nnx.State, frozen: nnx.State, graphdef: nnx.Graph
 
     Returns eps (rows in the batch's order) and `clean_loss_sum`, `site_grad_norm`.
     """
-    core = {k: batch[k] for k in ("tokens", "attention_mask", "loss_mask")}
+    core = {k: batch[k] for k in (*BATCH_KEYS, "loss_rows") if k in batch}
     if accum_steps == 1:
         grad, loss_sum = site_gradient(params, frozen, graphdef, core, site=site, remat=remat)
     else:
