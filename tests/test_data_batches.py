@@ -81,4 +81,4 @@ def test_response_rows_list_every_position_that_predicts_a_response_token():
     # a loss mark on padding predicts nothing; the width never exceeds T-1
     full = np.ones((2, 8), bool)
     assert response_rows(full, full).tolist() == [list(range(7))] * 2
-    assert response_rows(full, np.zeros((2, 8), bool)).shape == (2, 1)
+    assert response_rows(full, np.zeros((2, 8), bool)).tolist() == [[7] * 7] * 2

@@ -77,7 +77,7 @@ def response_rows(loss_mask: np.ndarray, attention_mask: np.ndarray) -> np.ndarr
     predicts = (loss_mask[:, 1:] != 0) & (attention_mask[:, 1:] != 0)
     multiple = max(16, T // 8)
     longest = int(predicts.sum(axis=1).max(initial=0))
-    width = max(1, min(T - 1, -(-longest // multiple) * multiple))
+    width = max(1, min(T - 1, max(1, -(-longest // multiple)) * multiple))
     rows = np.full((B, width), T - 1, np.int32)
     for r in range(B):
         positions = np.flatnonzero(predicts[r])
