@@ -56,11 +56,14 @@ def test_interrupted_accelerated_vaccine_stage_resumes_to_the_same_weights(
             run(tmp_path / "b")
     with pytest.raises(IncompleteStageError):
         run(tmp_path / "b")
+    saved = lambda entry: sorted(  # noqa: E731
+        int(p.name) for p in (entry / "orbax").iterdir() if p.name.isdigit())
+    unfinished, = [p for p in (tmp_path / "b" / "stages").iterdir() if p.is_dir()]
+    assert saved(unfinished) == [2, 4]  # where the interrupted run got to
     _, resumed, summary = run(tmp_path / "b", resume=True)
 
     assert summary["steps"] == 6 and not summary["cache_hit"]
-    assert sorted(int(p.name) for p in (resumed / "orbax").iterdir() if p.name.isdigit()) \
-        == [4, 6]  # the interrupted run's last checkpoint was step 4
+    assert saved(resumed) == [6]  # finished: only the final checkpoint is kept
     metrics = _lines(resumed / "metrics.jsonl")
     assert [m["eps_recomputed"] for m in metrics] == [1.0, 0.0, 0.0, 1.0, 0.0, 0.0]
     assert [m["loss"] for m in metrics] == [m["loss"] for m in _lines(straight /

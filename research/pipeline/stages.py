@@ -152,7 +152,8 @@ def train_stage(*, label: str, source: str, source_key: str, rows: Sequence[Row]
                 drift_rows: Sequence[Row] = (), mesh: Mesh | None = None
                 ) -> tuple[str, Path, dict]:
     """Fine-tune `source` on `rows` (or reuse the cached result); returns (key, entry
-    folder, summary). The entry holds orbax/, hf/ (merged export), metrics.jsonl,
+    folder, summary). The entry holds orbax/ (the final checkpoint once finished), hf/
+    (merged export), metrics.jsonl,
     stage.json and, with drift enabled, drift.jsonl (`drift_rows` are the examples).
     Training runs on `mesh` (default: data parallel over all devices); the mesh is not
     part of the cache key, since it changes no result beyond float rounding."""
@@ -225,6 +226,7 @@ def _train_entry(*, label: str, source: str, source_key: str, key: str, entry: P
         state = train(step_fn, state, frozen, data, num_steps=num_steps,
                       metrics_path=entry / "metrics.jsonl", checkpointer=ckpt,
                       resume=resume, progress=progress, desc=label, hooks=hooks, mesh=mesh)
+        ckpt.keep_only_latest()  # the final checkpoint; the periodic ones served resuming
     params = state.params
     use_ema = find_ema_state(state.opt_state) is not None and opt_cfg.ema_mode == "track"
     if use_ema:  # evaluate and export the average (the `track` mode's model)

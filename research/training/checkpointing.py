@@ -93,6 +93,13 @@ class Checkpointer:
             data=ocp.args.JsonRestore()))
         return restored.state, dict(restored.data)
 
+    def keep_only_latest(self) -> None:
+        """Delete every checkpoint but the newest (a finished run needs no earlier one;
+        a full fine-tuning checkpoint of the embedded model is 1.4 GB)."""
+        self.wait()
+        for step in sorted(self._manager.all_steps())[:-1]:
+            self._manager.delete(step)
+
     def wait(self) -> None:
         """Block until any asynchronous save has been committed."""
         self._manager.wait_until_finished()
