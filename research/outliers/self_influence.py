@@ -39,7 +39,7 @@ from flax import nnx
 
 from research.data.batches import DEFAULT_BUCKETS, bucket_for, collate
 from research.data.chat import ChatExample
-from research.training.losses import Batch, check_batch, response_weights
+from research.training.losses import Batch, check_batch, hidden_nll_sum, response_weights
 
 # (trainable, frozen, batch [C, T], window=W) -> (self_inf [C], answer_tokens [C], loss [C])
 Scorer = Callable[..., tuple[jax.Array, jax.Array, jax.Array]]
@@ -82,21 +82,18 @@ def squared_norm(tree: nnx.State) -> jax.Array:
 def window_nll(model: nnx.Module, hidden: jax.Array, example: Batch,
                window: int) -> tuple[jax.Array, jax.Array]:
     """Mean response loss from final hidden states `[T, D]`, unembedding only the first
-    `window` predicted positions that carry a response target.
+    `window` predicted positions that carry a response target: the training loss
+    (`hidden_nll_sum`) with its `loss_rows` found in-jit, at one static width per bucket.
 
     The vocabulary-sized logits are the largest tensors of the step; the prompt (often a
     system prompt much longer than a short answer) needs none of them. The caller makes
-    `window` at least the number of response targets, so nothing is cut.
+    `window` at least the number of response targets; a smaller one gives NaN.
     """
-    weights = response_weights({k: v[None] for k, v in example.items()})[0]  # [T-1]
-    count = jnp.sum(weights)
-    idx = jnp.nonzero(weights, size=window, fill_value=0)[0]                 # [W]
-    valid = (jnp.arange(window) < count).astype(jnp.float32)
-    logits = model.unembed(hidden[idx])                                      # [W, V]
-    targets = example["tokens"][idx + 1]
-    log_z = jax.nn.logsumexp(logits, axis=-1)
-    nll = log_z - jnp.take_along_axis(logits, targets[:, None], axis=-1)[:, 0]
-    return jnp.sum(nll * valid) / jnp.maximum(count, 1.0), count
+    one = {k: v[None] for k, v in example.items()}
+    last = example["tokens"].shape[0] - 1  # the padding position of loss_rows
+    rows = jnp.nonzero(response_weights(one)[0], size=window, fill_value=last)[0]
+    total = hidden_nll_sum(model, hidden[None], {**one, "loss_rows": rows[None]})
+    return total.loss_sum / jnp.maximum(total.tokens, 1.0), total.tokens
 
 
 def example_loss(trainable: nnx.State, frozen: nnx.State, graphdef: nnx.GraphDef,
