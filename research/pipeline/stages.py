@@ -153,8 +153,8 @@ def train_stage(*, label: str, source: str, source_key: str, rows: Sequence[Row]
                 ) -> tuple[str, Path, dict]:
     """Fine-tune `source` on `rows` (or reuse the cached result); returns (key, entry
     folder, summary). The entry holds orbax/ (the final checkpoint once finished), hf/
-    (merged export), metrics.jsonl,
-    stage.json and, with drift enabled, drift.jsonl (`drift_rows` are the examples).
+    (merged export), metrics.jsonl, stage.json and, with drift enabled, drift.jsonl
+    (`drift_rows` are the examples).
     Training runs on `mesh` (default: data parallel over all devices); the mesh is not
     part of the cache key, since it changes no result beyond float rounding."""
     if drift_enabled(stage_cfg) and not drift_rows:
