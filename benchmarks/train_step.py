@@ -48,7 +48,7 @@ import optax
 
 from benchmarks.step_gemms import print_gemm_table, summarize, time_step_gemms
 from benchmarks.timing import with_torch_threads
-from research.data.batches import response_rows
+from research.data.batches import with_loss_rows
 from research.models import LoRAConfig, load_pretrained
 from research.models.config import ModelConfig
 from research.models.loading import embedded_folder
@@ -69,9 +69,7 @@ def make_batch(vocab: int, rows: int, length: int, seed: int = 0,
     loss[:, length // 4:] = True
     batch = {"tokens": tokens, "attention_mask": np.ones((rows, length), bool),
              "loss_mask": loss}
-    if not all_positions:
-        batch["loss_rows"] = response_rows(loss, batch["attention_mask"])
-    return batch
+    return batch if all_positions else with_loss_rows(batch)
 
 
 def model_flops_per_step(cfg: ModelConfig, rows: int, length: int,

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = """
 import json, sys
 import jax, jax.numpy as jnp, ml_collections
-from research.data.batches import response_rows
+from research.data.batches import with_loss_rows
 from research.training.optim import make_optimizer
 from research.training.sharding import make_mesh, param_shardings, shard_batch, shard_params
 from research.training.state import init_train_state, split_model
@@ -41,8 +41,7 @@ def run(data, fsdp):
                          state_shardings=param_shardings(mesh, state))
     losses, tokens = [], []
     for s in range(3):
-        batch = make_batch(rows=16, length=40, seed=s)
-        batch["loss_rows"] = response_rows(batch["loss_mask"], batch["attention_mask"])
+        batch = with_loss_rows(make_batch(rows=16, length=40, seed=s))
         state, metrics = step(state, frozen, shard_batch(mesh, batch))
         losses.append(float(metrics["loss"]))
         tokens.append(float(metrics["tokens"]))

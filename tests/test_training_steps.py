@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from research.data.batches import response_rows
+from research.data.batches import with_loss_rows
 from research.training.losses import (hidden_nll_sum, masked_nll_sum, per_example_mean_nll,
                                       sft_loss_sum)
 from research.training.optim import make_optimizer, make_schedule
@@ -84,11 +84,6 @@ def test_the_train_step_loss_is_the_response_only_loss():
     assert_gradient_only_where_a_response_token_is_predicted(grad, batch)
 
 
-def with_rows(batch: dict) -> dict:
-    return {**batch, "loss_rows": response_rows(np.asarray(batch["loss_mask"]),
-                                                np.asarray(batch["attention_mask"]))}
-
-
 def test_loss_rows_give_the_same_loss_and_gradients_as_every_position():
     """Unembedding only the `loss_rows` positions changes nothing but the work; rows that
     miss a response token make the loss NaN rather than dropping it."""
@@ -96,7 +91,7 @@ def test_loss_rows_give_the_same_loss_and_gradients_as_every_position():
     batch = make_batch(rows=8, length=48)
     batch["loss_mask"][:, :24] = 0  # responses of at most 24 tokens, some rows none
     batch = {k: jnp.asarray(v) for k, v in batch.items()}
-    rows = with_rows(batch)
+    rows = with_loss_rows(batch)
     assert rows["loss_rows"].shape == (8, 32)  # 32 of the 47 predicting positions
     value_and_grad = jax.jit(jax.value_and_grad(
         lambda p, b: sft_loss_sum(p, frozen, graphdef, b), has_aux=True))
@@ -134,7 +129,7 @@ def test_accumulation_4x2_equals_batch_8():
         step = make_sft_step(graphdef, opt, accum_steps=accum, clip_norm=None, donate=False)
         state = init_train_state(params, opt, seed=0)
         for _ in range(2):
-            state, metrics = step(state, frozen, batch if accum == 1 else with_rows(batch))
+            state, metrics = step(state, frozen, batch if accum == 1 else with_loss_rows(batch))
         results.append((state.params, metrics))
     (p1, m1), (p4, m4) = results
     np.testing.assert_allclose(m1["loss"], m4["loss"], atol=1e-5)

@@ -4,13 +4,13 @@ Examples of similar length share a batch padded to a bucket length, so padding s
 small and the number of distinct shapes (compilations) stays fixed. Every batch has
 exactly `batch_size` rows (a short last batch gets empty rows with all-False masks), so
 it shards evenly over a data axis. Training batches also carry `loss_rows`, the positions
-the loss reads (`response_rows`). The epoch order is a pure function of
+the loss reads (`with_loss_rows`). The epoch order is a pure function of
 (seed, epoch), so an iterator's position is two integers and restores exactly.
 """
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import chex
 import numpy as np
@@ -85,6 +85,12 @@ def response_rows(loss_mask: np.ndarray, attention_mask: np.ndarray) -> np.ndarr
     return rows
 
 
+def with_loss_rows(batch: dict[str, Any]) -> dict[str, Any]:
+    """The batch plus its `loss_rows` (`response_rows` of its masks), as training feeds it."""
+    rows = response_rows(np.asarray(batch["loss_mask"]), np.asarray(batch["attention_mask"]))
+    return {**batch, "loss_rows": rows}
+
+
 class BatchIterator:
     """Endless batches over epochs; `state()` / `restore()` save and resume the position."""
 
@@ -129,6 +135,5 @@ class BatchIterator:
             self._plan = self._make_plan(self.epoch)
         length, indices = self._plan[self.step]
         self.step += 1
-        batch = collate(self.examples, indices, length, self.batch_size, self.pad_id)
-        batch["loss_rows"] = response_rows(batch["loss_mask"], batch["attention_mask"])
-        return batch
+        return with_loss_rows(collate(self.examples, indices, length, self.batch_size,
+                                      self.pad_id))

@@ -93,7 +93,8 @@ def hidden_nll_sum(model: Any, hidden: jax.Array, batch: Batch) -> LossSum:
     positions that predict a response token are unembedded (all `B*(T-1)` without).
     """
     D = hidden.shape[-1]
-    h, targets, weights = hidden[:, :-1], batch["tokens"][:, 1:], response_weights(batch)
+    every = response_weights(batch)
+    h, targets, weights = hidden[:, :-1], batch["tokens"][:, 1:], every
     if "loss_rows" in batch:
         h, targets, weights = (take_rows(x, batch["loss_rows"]) for x in (h, targets, weights))
     h, targets, weights = h.reshape(-1, D), targets.reshape(-1), weights.reshape(-1)
@@ -101,7 +102,7 @@ def hidden_nll_sum(model: Any, hidden: jax.Array, batch: Batch) -> LossSum:
     nll = log_z - model.target_logits(h, targets).astype(jnp.float32)  # as token_nll
     loss_sum, count = jnp.sum(nll * weights), jnp.sum(weights)
     if "loss_rows" in batch:  # rows that miss a response token: NaN, never a silent drop
-        complete = count == jnp.sum(response_weights(batch))
+        complete = count == jnp.sum(every)
         loss_sum = jnp.where(complete, loss_sum, jnp.nan)
     return LossSum(loss_sum, count)
 
