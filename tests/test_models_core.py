@@ -7,8 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from research.models import KVCache, LoRAConfig, LoRAParam, ModelConfig, init_decoder
-from research.models.checkpoints import CheckpointError, load_hf_folder, save_hf_folder
+from research.models import (KVCache, LoRAConfig, LoRAParam, ModelConfig, init_decoder,
+                             unstack_layers)
+from research.models.checkpoints import (CheckpointError, hf_state_from_model,
+                                         load_hf_folder, save_hf_folder)
 from research.models.config import ConfigError
 from research.models.generate import generate_ids
 from research.models.lora import merge_lora
@@ -53,6 +55,43 @@ def test_unrolled_layers_equal_the_scan_with_and_without_a_cache():
     rest = model(TOKENS[:, 5:], cache=first.cache, layers=layers)
     assert np.abs(np.asarray(rest.logits - scanned.logits[:, 5:])).max() < 1e-5
     assert isinstance(rest.cache.k, tuple) and int(rest.cache.index) == 9
+
+
+def test_per_layer_model_computes_the_stacked_model_and_exports_alike():
+    lora = LoRAConfig(rank=4, alpha=8.0, targets=("q", "down"))
+    stacked = init_decoder(TINY, seed=7, lora=lora)
+    randomize_lora(stacked)
+    model = init_decoder(TINY, seed=7, lora=lora)
+    randomize_lora(model)
+    assert unstack_layers(model) is model and model.per_layer and not stacked.per_layer
+    assert len(model.layers) == TINY.num_layers
+    layer = model.layers[1]
+    assert isinstance(layer.lora_q_a, LoRAParam) and not isinstance(layer.w_q, LoRAParam)
+    assert layer.w_q.get_value().shape == (TINY.hidden_size, TINY.num_heads * TINY.head_dim)
+
+    a = stacked(TOKENS, capture=("mlp_out",))
+    b = model(TOKENS, capture=("mlp_out",))
+    assert np.abs(np.asarray(a.logits - b.logits)).max() < 1e-5
+    assert np.abs(np.asarray(a.captured["mlp_out"] - b.captured["mlp_out"])).max() < 1e-5
+    # the gradient with respect to a site's delta (Vaccine, drift) is the same too
+    delta = jnp.zeros((TINY.num_layers, *TOKENS.shape, TINY.hidden_size))
+    site_grad = lambda m: jax.grad(lambda d: jnp.sum(m(TOKENS, deltas={"attn_out": d})
+                                                     .logits ** 2))(delta)
+    assert np.abs(np.asarray(site_grad(stacked) - site_grad(model))).max() < 1e-4
+
+    exported, reference = hf_state_from_model(model), hf_state_from_model(stacked)
+    assert exported.keys() == reference.keys()
+    for name in reference:
+        np.testing.assert_allclose(exported[name], reference[name], rtol=1e-6, atol=1e-7)
+    prompt = [[int(t) for t in TOKENS[0, :6]]]
+    assert (generate_ids(model, prompt, max_new_tokens=6, eos_ids=[])
+            == generate_ids(stacked, prompt, max_new_tokens=6, eos_ids=[]))
+    before = model(TOKENS).logits
+    merge_lora(model)
+    assert np.abs(np.asarray(model(TOKENS, lora_enabled=False).logits - before)).max() < 1e-5
+    with pytest.raises(ValueError, match="before unstack_layers"):
+        from research.models.lora import attach_lora
+        attach_lora(unstack_layers(init_decoder(TINY)), LoRAConfig(rank=2))
 
 
 def test_kv_cache_decoding_equals_no_cache_argmax_decoding():

@@ -187,6 +187,7 @@ def test_adamw_skips_weight_decay_on_norms():
     opt = make_optimizer(cfg)
     zero = jax.tree.map(jnp.zeros_like, params)
     updates, _ = opt.update(zero, opt.init(params), params)
-    assert np.all(np.asarray(updates["layers"]["attn_norm"][...]) == 0)
-    np.testing.assert_allclose(updates["layers"]["w_q"][...],
-                               -0.1 * params["layers"]["w_q"][...], rtol=1e-6)
+    for i in range(len(params["layers"])):  # per-layer weights (split_model's layout)
+        assert np.all(np.asarray(updates["layers"][i]["attn_norm"][...]) == 0)
+        np.testing.assert_allclose(updates["layers"][i]["w_q"][...],
+                                   -0.1 * params["layers"][i]["w_q"][...], rtol=1e-6)

@@ -38,15 +38,26 @@ def _leaves_equal(a, b) -> None:
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-def test_rho_zero_gives_exactly_the_sft_update():
-    graphdef, params, frozen = split_model(tiny_model(lora=False), "full")
-    batch, opt = _batch(), optax.adamw(1e-2, weight_decay=0.1)
+@pytest.mark.parametrize("per_layer", [False, True])
+def test_rho_zero_gives_the_sft_update(per_layer):
+    """Bit-equal on stacked weights. Per-layer (unrolled) programs are fused differently
+    by XLA, so there the gradients agree to float32 rounding, checked through an SGD
+    update (Adam's first step, g / (|g| + eps), blows rounding up on tiny gradients)."""
+    graphdef, params, frozen = split_model(tiny_model(lora=False), "full", per_layer=per_layer)
+    batch = _batch()
+    opt = optax.sgd(1.0) if per_layer else optax.adamw(1e-2, weight_decay=0.1)
     sft = make_sft_step(graphdef, opt, donate=False)
     vac = make_vaccine_step(graphdef, opt, rho=0.0, donate=False)
     a, m_sft = sft(init_train_state(params, opt, seed=0), frozen, batch)
     b, m_vac = vac(init_train_state(params, opt, seed=0), frozen, batch)
-    _leaves_equal(a.params, b.params)
-    assert float(m_sft["loss"]) == float(m_vac["loss"]) == float(m_vac["clean_loss"])
+    if per_layer:
+        for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params), strict=True):
+            np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose([float(m_vac["loss"]), float(m_vac["clean_loss"])],
+                                   float(m_sft["loss"]), rtol=1e-6)
+    else:
+        _leaves_equal(a.params, b.params)
+        assert float(m_sft["loss"]) == float(m_vac["loss"]) == float(m_vac["clean_loss"])
     assert float(m_vac["eps_norm"]) == 0.0 and float(m_vac["site_grad_norm"]) > 0
 
 

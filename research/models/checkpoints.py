@@ -117,6 +117,9 @@ def _abbrev(items: list[str], limit: int = 6) -> str:
 def assign_hf_state(model: Decoder, state: dict[str, np.ndarray], source: str) -> None:
     """Fill a decoder's base parameters from an HF state dict (checked first)."""
     cfg = model.config
+    if model.per_layer:
+        raise ValueError(f"{source}: assign_hf_state fills a stacked decoder; load first, "
+                         "then unstack_layers")
     check_hf_state(cfg, state, source)
     model.embed.set_value(_f32(state["model.embed_tokens.weight"]))
     model.final_norm.set_value(_f32(state["model.norm.weight"]))
@@ -140,19 +143,19 @@ def hf_state_from_model(model: Decoder) -> dict[str, np.ndarray]:
              "model.norm.weight": np.asarray(model.final_norm.get_value(), np.float32)}
     if not cfg.tie_word_embeddings:
         state["lm_head.weight"] = np.asarray(model.lm_head.get_value(), np.float32).T.copy()
-    for attr, hf_name in _LAYER_NAMES.items():
-        if not hasattr(model.layers, attr):
-            continue
-        stacked = np.asarray(getattr(model.layers, attr).get_value(), np.float32)
-        target = attr[2:]
-        if lora is not None and attr.startswith("w_") and target in lora.targets:
-            a = np.asarray(getattr(model.layers, f"lora_{target}_a").get_value(), np.float32)
-            b = np.asarray(getattr(model.layers, f"lora_{target}_b").get_value(), np.float32)
-            stacked = stacked + lora.scale * np.einsum("lir,lro->lio", a, b)
-        if attr.startswith("w_"):
-            stacked = stacked.transpose(0, 2, 1)
-        for i in range(cfg.num_layers):
-            state[f"model.layers.{i}.{hf_name}"] = np.ascontiguousarray(stacked[i])
+    for i, layer in enumerate(model.layer_list()):  # either layout
+        for attr, hf_name in _LAYER_NAMES.items():
+            if attr not in layer:
+                continue
+            weight = np.asarray(layer[attr], np.float32)
+            target = attr[2:]
+            if lora is not None and attr.startswith("w_") and target in lora.targets:
+                a = np.asarray(layer[f"lora_{target}_a"], np.float32)
+                b = np.asarray(layer[f"lora_{target}_b"], np.float32)
+                weight = weight + lora.scale * (a @ b)
+            if attr.startswith("w_"):
+                weight = weight.T  # [in, out] -> torch [out, in]
+            state[f"model.layers.{i}.{hf_name}"] = np.ascontiguousarray(weight)
     return state
 
 

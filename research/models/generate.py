@@ -54,8 +54,11 @@ def per_layer_weights(model: Decoder) -> list[dict[str, jax.Array]]:
 
     Generation runs the layers unrolled over these (a scan would copy every layer's
     weights on every decode step); slicing once per model, not per call or batch, keeps
-    that copy off the time to first token. Holds one model's slices until the next.
+    that copy off the time to first token. Holds one model's slices until the next. A
+    per-layer model (`unstack_layers`) hands over its own arrays.
     """
+    if model.per_layer:
+        return model.layer_list()
     stacked = tuple(jax.tree.leaves(model.layers.arrays()))
     if _LAST_LAYERS and len(_LAST_LAYERS[0][0]) == len(stacked) and all(
             a is b for a, b in zip(_LAST_LAYERS[0][0], stacked)):

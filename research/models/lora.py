@@ -48,6 +48,9 @@ def attach_lora(model, config: LoRAConfig, seed: int = 0) -> None:
     adapted model starts equal to the base model."""
     if model.lora_config is not None:
         raise ValueError("this model already has LoRA adapters")
+    if model.per_layer:
+        raise ValueError("attach LoRA adapters before unstack_layers: they are created "
+                         "stacked, like the weights they adapt")
     L = model.config.num_layers
     shapes = model.config.projection_shapes
     keys = jax.random.split(jax.random.key(seed), len(config.targets))
@@ -74,10 +77,11 @@ def merge_lora(model) -> None:
     if model.lora_config is None:
         return
     scale = model.lora_config.scale
-    for target in model.lora_config.targets:
-        a = getattr(model.layers, f"lora_{target}_a")
-        b = getattr(model.layers, f"lora_{target}_b")
-        w = getattr(model.layers, f"w_{target}")
-        delta = jnp.einsum("lir,lro->lio", a.get_value(), b.get_value())
+    groups = list(model.layers) if model.per_layer else [model.layers]
+    for group, target in ((g, t) for g in groups for t in model.lora_config.targets):
+        a = getattr(group, f"lora_{target}_a")
+        b = getattr(group, f"lora_{target}_b")
+        w = getattr(group, f"w_{target}")
+        delta = jnp.einsum("...ir,...ro->...io", a.get_value(), b.get_value())
         w.set_value(w.get_value() + scale * delta)
         b.set_value(jnp.zeros_like(b.get_value()))

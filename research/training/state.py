@@ -15,6 +15,7 @@ import optax
 from flax import nnx
 
 from research.models.lora import LoRAParam
+from research.models.transformer import unstack_layers
 
 FINETUNE_MODES = ("lora", "full")
 
@@ -41,11 +42,20 @@ def trainable_filter(mode: str) -> nnx.filterlib.Filter:
     raise ValueError(f"finetune mode must be one of {FINETUNE_MODES}, got {mode!r}")
 
 
-def split_model(model: nnx.Module, mode: str) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
-    """`(graphdef, trainable, frozen)`, split once; steps `nnx.merge` them inside jit."""
+def split_model(model: nnx.Module, mode: str, *, per_layer: bool = True
+                ) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
+    """`(graphdef, trainable, frozen)`, split once; steps `nnx.merge` them inside jit.
+
+    `per_layer` first switches the model (in place) to per-layer weights
+    (`unstack_layers`): a step then reads each layer's weights and writes its gradients
+    and optimiser moments as separate arrays, where a scan over stacked ones copies them
+    out of and back into the stack on every step.
+    """
     if mode == "lora" and getattr(model, "lora_config", None) is None:
         raise ValueError("finetune mode 'lora' needs a model built with LoRA adapters "
                          "(init_decoder(..., lora=LoRAConfig(...)))")
+    if per_layer:
+        unstack_layers(model)
     graphdef, trainable, frozen = nnx.split(model, trainable_filter(mode), ...)
     # Device arrays once, here: host (numpy) leaves would be copied, and re-laid-out if
     # strided, on every call of a jitted step.
