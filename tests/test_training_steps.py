@@ -8,8 +8,12 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
+from flax import nnx
 
 from research.data.batches import with_loss_rows
+from research.models.checkpoints import hf_state_from_model
+from research.models.config import ModelConfig
+from research.models.transformer import init_decoder
 from research.training.losses import (hidden_nll_sum, masked_nll_sum, per_example_mean_nll,
                                       sft_loss_sum)
 from research.training.optim import make_optimizer, make_schedule
@@ -136,6 +140,35 @@ def test_accumulation_4x2_equals_batch_8():
     np.testing.assert_allclose(m1["grad_norm"], m4["grad_norm"], rtol=1e-5)
     for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p4)):
         np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize("remat", [False, True])
+def test_per_layer_step_equals_the_scan_and_holds_no_more_memory(remat):
+    """Full FT defaults to per-layer weights. Its step must give the scanned step's
+    update, and its checkpointed layers must recompute in the backward pass, not all
+    at once during the forward (XLA:CPU drops JAX's barriers; with them as the only
+    guard this model's remat step held 3x the scan's temporaries)."""
+    cfg = ModelConfig(vocab_size=97, hidden_size=64, intermediate_size=256, num_layers=6,
+                      num_heads=4, num_kv_heads=2, head_dim=16)
+    batch = {k: jnp.asarray(v) for k, v in make_batch(rows=4, length=64).items()}
+    batch["tokens"] = batch["tokens"] % cfg.vocab_size
+    opt = optax.sgd(0.5)
+    updated, temps = [], []
+    for per_layer in (False, True):
+        model = init_decoder(cfg, seed=1)
+        graphdef, params, frozen = split_model(model, "full", per_layer=per_layer)
+        assert model.per_layer == per_layer
+        step = make_sft_step(graphdef, opt, clip_norm=None, remat=remat, donate=False)
+        state = init_train_state(params, opt, seed=0)
+        compiled = step.lower(state, frozen, batch).compile()
+        temps.append(compiled.memory_analysis().temp_size_in_bytes)
+        state, _ = compiled(state, frozen, batch)
+        updated.append(hf_state_from_model(nnx.merge(graphdef, state.params, frozen)))
+    stacked, per_layer = updated
+    for name in stacked:
+        np.testing.assert_allclose(per_layer[name], stacked[name], rtol=1e-5, atol=1e-6,
+                                   err_msg=name)
+    assert temps[1] <= 1.05 * temps[0], temps
 
 
 @pytest.mark.parametrize("mode", ["lora", "full"])

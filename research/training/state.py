@@ -42,18 +42,24 @@ def trainable_filter(mode: str) -> nnx.filterlib.Filter:
     raise ValueError(f"finetune mode must be one of {FINETUNE_MODES}, got {mode!r}")
 
 
-def split_model(model: nnx.Module, mode: str, *, per_layer: bool = True
+def split_model(model: nnx.Module, mode: str, *, per_layer: bool | None = None
                 ) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
     """`(graphdef, trainable, frozen)`, split once; steps `nnx.merge` them inside jit.
 
-    `per_layer` first switches the model (in place) to per-layer weights
-    (`unstack_layers`): a step then reads each layer's weights and writes its gradients
-    and optimiser moments as separate arrays, where a scan over stacked ones copies them
-    out of and back into the stack on every step.
+    `per_layer` (default: for full fine-tuning) first switches the model, in place, to
+    per-layer weights (`unstack_layers`): a step then reads each layer's weights and
+    writes its gradients and optimiser moments as separate arrays, where a scan over
+    stacked ones copies them out of and back into the stack on every step (full FT at
+    8 x 128: 3.81 s against 4.14-4.30 s, and 0.4 GB fewer temporaries). LoRA keeps the
+    scan: its step was no faster per-layer (3.13-3.23 s against 3.20-3.27 s), compiles
+    faster stacked, and unrolled XLA keeps each adapted projection's two products alive
+    instead of their sum (1.6x the temporaries).
     """
     if mode == "lora" and getattr(model, "lora_config", None) is None:
         raise ValueError("finetune mode 'lora' needs a model built with LoRA adapters "
                          "(init_decoder(..., lora=LoRAConfig(...)))")
+    if per_layer is None:
+        per_layer = mode == "full"
     if per_layer:
         unstack_layers(model)
     graphdef, trainable, frozen = nnx.split(model, trainable_filter(mode), ...)
