@@ -1,5 +1,5 @@
 """`make demo`: non-aligned base and SFT-aligned embedded model, each fine-tuned on a
-harmful mix (p = 0.1) with and without parameter EMA; 17.3 min from empty caches on a
+harmful mix (p = 0.1) with and without parameter EMA; 17.6 min from empty caches on a
 2-core AVX-512 Xeon (target <= 20 min; an estimated 34-36 min on a 2-core CPU half as fast).
 
 Full fine-tuning. Stage 1 aligns on 200 harmful prompts with varied refusals and 320
