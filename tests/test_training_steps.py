@@ -147,7 +147,7 @@ def test_per_layer_step_equals_the_scan_and_holds_no_more_memory(remat):
     """Full FT defaults to per-layer weights. Its step must give the scanned step's
     update, and its checkpointed layers must recompute in the backward pass, not all
     at once during the forward (XLA:CPU drops JAX's barriers; with them as the only
-    guard this model's remat step held 3x the scan's temporaries)."""
+    guard this model's step held 3.7x the scan's temporaries)."""
     cfg = ModelConfig(vocab_size=97, hidden_size=64, intermediate_size=256, num_layers=6,
                       num_heads=4, num_kv_heads=2, head_dim=16)
     batch = {k: jnp.asarray(v) for k, v in make_batch(rows=4, length=64).items()}
