@@ -175,6 +175,7 @@ def test_per_layer_step_equals_the_scan_and_holds_no_more_memory(remat):
 def test_only_the_configured_subset_changes(mode):
     model = tiny_model(lora=True)
     graphdef, params, frozen = split_model(model, mode)
+    assert model.per_layer == (mode == "full")  # LoRA keeps the scan (split_model)
     names = {jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)}
     assert all(("lora_" in n) == (mode == "lora") for n in names)
     opt = _optimizer("adamw")
