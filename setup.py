@@ -26,6 +26,7 @@ setup(
         "tqdm",
         "absl-py",
         "huggingface_hub",
+        "reasoning-gym==0.1.25",  # procedurally generated tasks (research/data/tasks.py)
     ],
     extras_require={
         "dev": ["pytest", "pytest-xdist", "nbclient", "nbformat", "ipykernel", "scikit-learn"],

@@ -1,13 +1,14 @@
-"""Metric values and bootstrap CIs on hand-made outcomes; answer parsing."""
+"""Metric values, Wilson and bootstrap CIs on hand-made outcomes; answer parsing."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from research.evaluation.metrics import (bootstrap_metric, harmful_score, is_correct,
-                                         over_refusal_rate, parse_label, parse_number,
+from research.evaluation.metrics import (bootstrap_metric, harmful_score, over_refusal_rate,
                                          refusal_rate, task_accuracy)
+from research.evaluation.scoring import is_correct, parse_label, parse_number
+from research.evaluation.metrics import proportion_metric
 
 
 def test_values_and_format():
@@ -37,6 +38,48 @@ def test_ci_is_reproducible_and_degenerate_cases():
     assert bootstrap_metric([]) == {"value": None, "ci_low": None, "ci_high": None, "n": 0}
     with pytest.raises(ValueError, match="one-dimensional"):
         bootstrap_metric([[1, 0]])
+
+
+def _wilson_by_hand(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """The Wilson score interval in percent, written out from the textbook formula."""
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * (p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5
+    return 100 * (centre - half), 100 * (centre + half)
+
+
+@pytest.mark.parametrize("k,n,low,high", [(0, 10, 0.0, 27.7533), (10, 10, 72.2467, 100.0),
+                                          (5, 10, 23.6593, 76.3407), (1, 3, 6.1492, 79.2340),
+                                          (37, 120, 23.2727, 39.5830)])
+def test_wilson_interval_matches_the_formula_and_scipy(k, n, low, high):
+    m = proportion_metric([1] * k + [0] * (n - k))
+    assert m["n"] == n and m["value"] == pytest.approx(100 * k / n, abs=1e-4)
+    assert (m["ci_low"], m["ci_high"]) == pytest.approx((low, high), abs=1e-4)
+    assert (m["ci_low"], m["ci_high"]) == pytest.approx(_wilson_by_hand(k, n), abs=1e-4)
+    scipy_stats = pytest.importorskip("scipy.stats")
+    ci = scipy_stats.binomtest(k, n).proportion_ci(method="wilson")
+    want = (100 * ci.low, 100 * ci.high)
+    assert (m["ci_low"], m["ci_high"]) == pytest.approx(want, abs=1e-4)
+
+
+def test_named_metrics_use_wilson_and_never_have_zero_width():
+    never_refused, always_refused = [False] * 10, [True] * 10
+    assert harmful_score(never_refused) == {"value": 100.0, "ci_low": 72.2467,
+                                            "ci_high": 100.0, "n": 10}
+    assert refusal_rate(never_refused) == {"value": 0.0, "ci_low": 0.0, "ci_high": 27.7533,
+                                           "n": 10}
+    assert over_refusal_rate(always_refused)["ci_low"] == 72.2467
+    assert task_accuracy([False] * 10)["ci_high"] == 27.7533
+    # callers written for the bootstrap pass seed=; it is accepted and changes nothing
+    assert task_accuracy([True, False] * 5, seed=3) == task_accuracy([True, False] * 5)
+
+
+def test_proportion_metric_degenerate_cases_and_confidence():
+    assert proportion_metric([]) == {"value": None, "ci_low": None, "ci_high": None, "n": 0}
+    with pytest.raises(ValueError, match="one-dimensional"):
+        proportion_metric([[1, 0]])
+    m95, m99 = proportion_metric([1, 0] * 10), proportion_metric([1, 0] * 10, 0.99)
+    assert m99["ci_low"] < m95["ci_low"] < 50.0 < m95["ci_high"] < m99["ci_high"]
 
 
 @pytest.mark.parametrize("text,want", [

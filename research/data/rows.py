@@ -32,7 +32,10 @@ class Row:
     prompt:   the user's request (empty only for kind "refusal", whose text is `response`).
     response: a reference answer if the source has one (refusal, harmful or helpful
               answer, worked task solution), else None.
-    answer:   the verifiable answer of a task row (a number as text or a label word).
+    answer:   the verifiable answer of a task row: a number as text, a label word, or
+              for reasoning-gym rows the JSON {"dataset", "entry"} that the dataset's
+              scorer checks (research.evaluation.scoring; `response` holds the plain
+              answer).
     kind:     "harmful", "benign", "task" or "refusal".
     source:   the registry name (or file) the row came from.
     category: risk area, task suite or topic, when known.

