@@ -55,8 +55,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--limit", type=int, help="at most N prompts from each source or file")
-    p.add_argument("--judge", help="optional judge model (anything load_pretrained takes)")
-    p.add_argument("--judge-mode", default="guard", choices=["guard", "instruct"])
+    p.add_argument("--judge", default="keyword",
+                   help="registered judge name (keyword, relevance, llama-guard-3-1b, "
+                        "llama-guard-3-8b, harmbench-llama2-13b, wildguard, ...)")
+    p.add_argument("--judge-source", help="a hub judge's model as a local folder "
+                                          "(default: its hub id)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace an existing results.json")
     p.add_argument("--plot", action="store_true", help="also write DIR/metrics.png")
@@ -129,11 +132,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from research.models import load_pretrained
 
     model, tokenizer = load_pretrained(args.model)
-    judge = None
-    if args.judge:
-        from research.evaluation.judge import load_judge
+    from research.evaluation.verdicts import get_judge
 
-        judge = load_judge(args.judge, mode=args.judge_mode)
+    judge = get_judge(args.judge, **({"model_source": args.judge_source}
+                                     if args.judge_source else {}))
     settings = EvalSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                             top_p=args.top_p, seed=args.seed, prefix=args.prefix,
                             prefix_mode=args.prefix_mode, system=args.system,

@@ -112,20 +112,24 @@ def resolve_source(source: str | Path) -> tuple[str, Path]:
         f"({', '.join(EMBEDDED_MODELS)}), an HF-format folder, a .gguf file or a hub id")
 
 
+HUB_FILES = ("config.json", "*.safetensors", "model.safetensors.index.json", "tokenizer*",
+             "special_tokens_map.json", "chat_template*", "generation_config.json")
+
+
 def _download_from_hub(repo_id: str) -> Path:
+    """The hub snapshot's folder (only `HUB_FILES`); the error names the download command."""
     from huggingface_hub import snapshot_download
 
-    patterns = ["config.json", "*.safetensors", "model.safetensors.index.json",
-                "tokenizer*", "special_tokens_map.json", "chat_template*",
-                "generation_config.json"]
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=patterns))
+        return Path(snapshot_download(repo_id, allow_patterns=list(HUB_FILES)))
     except Exception as err:  # offline, gated, or unknown repo: all end the same way
+        includes = " ".join(f'--include "{p}"' for p in HUB_FILES)
         raise ModelSourceError(
             f"could not fetch {repo_id!r} from the Hugging Face hub ({type(err).__name__}: "
-            f"{str(err).splitlines()[0] if str(err) else ''}). Offline, download it on a "
-            f"machine with access (`hf download {repo_id} --local-dir DIR`) "
-            f"and pass the folder: load_pretrained('DIR')") from None
+            f"{str(err).splitlines()[0] if str(err) else ''}). Download {repo_id!r} on a "
+            f"machine with access (`hf download {repo_id} {includes} --local-dir DIR`; a "
+            f"gated repository needs its licence accepted on the hub and `hf auth login` "
+            f"first), copy DIR here and pass the folder: load_pretrained('DIR')") from None
 
 
 def load_pretrained(source: str | Path, *, dtype: str | Any = "float32",
