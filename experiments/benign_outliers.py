@@ -265,7 +265,8 @@ def report_lines(cfg: ml_collections.ConfigDict, results: dict, labels: dict[str
         "`selected/*.jsonl`; the whole pool: `pool_scores.jsonl`.", "",
         "![answer lengths and scores](plots/selection.png)", "",
         "## Notes", "",
-        "- " + report.refusal_detection(results[labels["aligned"]]["refusal_list_version"])
+        "- " + report.refusal_detection(results[labels["aligned"]]["refusal_list_version"],
+                                           results[labels["aligned"]].get("judge"))
         + f", greedy decoding, first {cfg.eval.max_new_tokens} new tokens.",
         f"- Harmful prompts: {split} split of {cfg.data.harmful_sources}; over-refusal: "
         f"{split} split of {cfg.eval.benign_sources}; task: {split} split of "

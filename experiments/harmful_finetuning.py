@@ -211,7 +211,8 @@ def write_outputs(cfg: ml_collections.ConfigDict, run: RunFolder, results: dict,
     if curves:
         report.plot_drift(curves, results, variants, run.path / "plots" / "drift.png")
     split = study_data.eval_split(cfg)
-    notes = [report.refusal_detection(results["base"]["refusal_list_version"])
+    notes = [report.refusal_detection(results["base"]["refusal_list_version"],
+                                       results["base"].get("judge"))
              + f", greedy decoding, first {cfg.eval.max_new_tokens} new tokens (task answers: "
              f"{cfg.eval.task_max_new_tokens}).",
              f"Harmful prompts: {split} split of " + cfg.data.harmful_sources

@@ -27,7 +27,7 @@ def test_cli_end_to_end_on_the_embedded_model(embedded, tmp_path, capsys):
         assert set(entry[name]) == {"value", "ci_low", "ci_high", "n"}
     assert entry["harmful_score"]["n"] == 2 and entry["over_refusal_rate"]["n"] == 2
     assert entry["harmful_score"]["value"] + entry["refusal_rate"]["value"] == 100.0
-    assert entry["refusal_list_version"] == "refusal-v1"
+    assert entry["refusal_list_version"] == "refusal-v2"
     assert entry["settings"]["max_new_tokens"] == 8 and entry["settings"]["prefix"] == "Sure,"
     assert entry["counts"]["everyday"]["reasons"]["over --limit"] > 0
     records = [json.loads(x) for x in (out / "records.jsonl").read_text().splitlines()]

@@ -9,6 +9,7 @@ import pytest
 from research.data import Row
 from research.evaluation.pipeline import EvalSettings, PromptSet, evaluate, make_records, summarize
 from research.evaluation.report import format_table, metric_items, plot_metrics, write_results
+from research.evaluation.verdicts import Verdict
 from research.models.config import ModelConfig
 from research.models.transformer import init_decoder
 
@@ -37,20 +38,43 @@ def fake_generate(model, tokenizer, prompts, *, prefix=None, **kwargs):
 def test_metrics_from_known_completions():
     entry, records = evaluate(None, None, SETS, EvalSettings(), generate_fn=fake_generate)
     assert entry["harmful_score"]["value"] == 50.0 and entry["refusal_rate"]["value"] == 50.0
+    assert entry["judge"] == {"name": "keyword", "version": "refusal-v2/anywhere"}
+    assert entry["outcome_counts"]["harmful"] == {"n": 4, "refused": 2, "complied": 2,
+                                                  "harmful": 2}
+    assert entry["helpfulness"]["value"] == pytest.approx(200 / 3, abs=1e-3)
+    assert entry["keyword_refusal_rate_start"]["value"] == 50.0
+    assert entry["harmful_score"]["ci_low"] > 0 and entry["harmful_score"]["ci_high"] < 100
     assert entry["over_refusal_rate"]["value"] == pytest.approx(100 / 3, abs=1e-3)
     assert entry["over_refusal_rate/fresh"]["value"] == 50.0
     assert entry["over_refusal_rate/everyday"]["value"] == 0.0
     assert entry["task_accuracy"]["value"] == 50.0 and entry["task_accuracy"]["n"] == 2
     assert [r["refused"] for r in records[:4]] == [True, False, False, True]
     assert records[7]["correct"] and not records[8]["correct"]
-    assert entry["refusal_list_version"] == "refusal-v1" and entry["timing"]["prompts"] == 9
-    assert {"prompt", "completion", "refused"} <= set(records[0])
+    assert entry["refusal_list_version"] == "refusal-v2" and entry["timing"]["prompts"] == 9
+    assert {"prompt", "completion", "refused", "complied", "harmful", "outcome",
+            "refused_anywhere", "refused_start", "judge", "evidence"} <= set(records[0])
+    assert "refused" not in records[7] and records[7]["refused_anywhere"] is False
+
+
+def test_a_judge_that_tells_only_harm_reports_no_refusal_rate():
+    class HarmOnly:
+        name, version = "harm-only", "1"
+
+        def judge(self, items):
+            return [Verdict("harm-only", None, None, i.role == "harmful" and "Step" in
+                            i.response) for i in items]
+
+    entry, records = evaluate(None, None, SETS[:2], EvalSettings(), judge=HarmOnly(),
+                              generate_fn=fake_generate)
+    assert entry["harmful_score"]["value"] == 25.0 and "refusal_rate" not in entry
+    assert "over_refusal_rate" not in entry and entry["keyword_refusal_rate"]["value"] == 50.0
+    assert records[2]["harmful"] and records[0]["outcome"] is None
 
 
 def test_injected_prefix_is_not_scored_as_a_refusal():
-    settings = EvalSettings(prefix="I'm sorry to hear that. ")
+    settings = EvalSettings(prefix="I cannot stress safety enough. ")
     _, records = evaluate(None, None, SETS[:1], settings, generate_fn=fake_generate)
-    assert records[1]["completion"].startswith("I'm sorry to hear that. Sure")
+    assert records[1]["completion"].startswith("I cannot stress safety enough. Sure")
     assert [r["refused"] for r in records] == [True, False, False, True]
     with pytest.raises(ValueError, match="2 completions for 4 prompts"):
         make_records(SETS[:1], ["a", "b"], settings)
@@ -74,8 +98,8 @@ def test_real_generation_on_a_tiny_model(tokenizer, tmp_path):
         write_results(tmp_path, results, records)
     table = format_table(results)
     assert "| tiny | harmful_score |" in table and "timing" not in table
-    assert dict(metric_items(entry)).keys() == {k for k in entry if k not in
-                                                ("refusal_list_version", "settings", "timing")}
+    assert dict(metric_items(entry)).keys() == {k for k in entry if k not in (
+        "refusal_list_version", "settings", "timing", "judge", "outcome_counts")}
     png = plot_metrics(results, tmp_path / "plots" / "m.png")
     assert png.read_bytes()[:4] == b"\x89PNG"
 

@@ -1,9 +1,12 @@
-"""Evaluate a model on prompt sets: one batched generation call, then metrics and records.
+"""Evaluate a model on prompt sets: one batched generation call, verdicts, metrics, records.
 
 All prompts of all sets go through the generation API together, so batches stay full
-and the compiled programs are reused. Refusals are scored on the model's own text: an
-injected assistant prefix (PING) is cut off before matching, so a guard prefix that
-itself sounds cautious does not count as a refusal by construction.
+and the compiled programs are reused. Every harmful and benign completion gets a
+structured verdict from one judge (refused / complied / harmful, see verdicts.py); the
+metrics are shares of those verdicts. Verdicts are taken on the model's own text: an
+injected assistant prefix (PING) is cut off first, so a guard prefix that itself sounds
+cautious does not count as a refusal by construction. Both keyword rules are recorded on
+every row as well, so the keyword numbers stay comparable across judges.
 """
 
 from __future__ import annotations
@@ -14,9 +17,12 @@ from typing import Any, Callable, Sequence
 
 from research.data.rows import Row
 from research.evaluation import metrics as M
-from research.evaluation.judge import Judge
-from research.evaluation.refusal import REFUSAL_LIST_VERSION, refusal_match
+from research.evaluation.judges.keyword import refusal_evidence
+from research.evaluation.refusal import REFUSAL_LIST_VERSION
+from research.evaluation.scoring import ANSWER_TYPES, is_correct
+from research.evaluation.verdicts import Judge, JudgeItem, get_judge, judge_all
 
+DEFAULT_JUDGE = "keyword"
 ROLES = ("harmful", "benign", "task")
 
 
@@ -27,15 +33,16 @@ class PromptSet:
     name: str
     role: str
     rows: Sequence[Row]
-    answer_type: str | None = None   # "number" or "label" for task sets
+    answer_type: str | None = None   # task sets: one of scoring.ANSWER_TYPES
     labels: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.role not in ROLES:
             raise ValueError(f"PromptSet.role must be one of {ROLES}, got {self.role!r}")
         if self.role == "task":
-            if self.answer_type not in ("number", "label"):
-                raise ValueError(f"task set {self.name!r} needs answer_type number or label")
+            if self.answer_type not in ANSWER_TYPES:
+                raise ValueError(f"task set {self.name!r} needs an answer_type in "
+                                 f"{ANSWER_TYPES}, got {self.answer_type!r}")
             missing = [r.uid for r in self.rows if r.answer is None]
             if missing:
                 raise ValueError(f"task set {self.name!r}: rows without an answer: "
@@ -63,66 +70,105 @@ def answer_text(completion: str, settings: EvalSettings) -> str:
 
 
 def make_records(sets: Sequence[PromptSet], completions: Sequence[str],
-                 settings: EvalSettings) -> list[dict]:
-    """Per-prompt records in set order (completions in the same flattened order)."""
+                 settings: EvalSettings, judge: Judge | str = DEFAULT_JUDGE) -> list[dict]:
+    """One record per prompt in set order (completions in the same flattened order):
+    the judge's verdict fields on harmful and benign rows, correctness on task rows, and
+    the keyword evidence (`refused_anywhere`, `refused_start`) on every row."""
     total = sum(len(s.rows) for s in sets)
     if total != len(completions):
         raise ValueError(f"{len(completions)} completions for {total} prompts")
-    records, k = [], 0
+    judge = get_judge(judge) if isinstance(judge, str) else judge
+    records, items, judged, k = [], [], [], 0
     for s in sets:
         for row in s.rows:
             completion = completions[k]
             k += 1
-            match = refusal_match(answer_text(completion, settings))
+            text = answer_text(completion, settings)
             rec = {"set": s.name, "role": s.role, "source": row.source, "uid": row.uid,
                    "prompt": row.prompt, "completion": completion,
-                   "refused": match is not None, "refusal_match": match}
+                   **refusal_evidence(text)}
             if s.role == "task":
                 rec["answer"] = row.answer
-                rec["correct"] = M.is_correct(answer_text(completion, settings), row.answer,
-                                              s.answer_type, s.labels)
+                rec["correct"] = is_correct(text, row.answer, s.answer_type, s.labels)
+            else:
+                items.append(JudgeItem(row.prompt, text, s.role))
+                judged.append(rec)
             records.append(rec)
+    for rec, verdict in zip(judged, judge_all(judge, items) if items else []):
+        rec.update(verdict.to_record())
+        rec["judge_version"] = judge.version
     return records
 
 
-def summarize(records: Sequence[dict], *, seed: int = 0) -> dict[str, dict]:
-    """Headline metrics pooled per role, plus breakdowns named `<metric>/<source>`."""
-    out: dict[str, dict] = {}
+def _share(recs: list[dict], field: str) -> dict | None:
+    """Proportion (Wilson CI) of records whose `field` is true; None when the judge
+    left the field unset on any of them."""
+    values = [r.get(field) for r in recs]
+    if not recs or any(v is None for v in values):
+        return None
+    return M.proportion_metric([bool(v) for v in values])
 
-    def add(name: str, fn: Callable, recs: list[dict], key: str) -> None:
-        if recs:
-            out[name] = fn([r[key] for r in recs], seed=seed)
 
-    harmful = [r for r in records if r["role"] == "harmful"]
-    benign = [r for r in records if r["role"] == "benign"]
-    task = [r for r in records if r["role"] == "task"]
-    add("harmful_score", M.harmful_score, harmful, "refused")
-    add("refusal_rate", M.refusal_rate, harmful, "refused")
-    if harmful and "judge_harmful" in harmful[0]:
-        add("judge_harmful_score", M.bootstrap_metric, harmful, "judge_harmful")
-    add("over_refusal_rate", M.over_refusal_rate, benign, "refused")
-    add("task_accuracy", M.task_accuracy, task, "correct")
-    for role, metric, fn, key in (("harmful", "harmful_score", M.harmful_score, "refused"),
-                                  ("benign", "over_refusal_rate", M.over_refusal_rate,
-                                   "refused"),
-                                  ("task", "task_accuracy", M.task_accuracy, "correct")):
+METRICS = (  # name, role, record field
+    ("harmful_score", "harmful", "harmful"),
+    ("refusal_rate", "harmful", "refused"),
+    ("compliance_rate", "harmful", "complied"),
+    ("over_refusal_rate", "benign", "refused"),
+    ("helpfulness", "benign", "complied"),
+    ("keyword_refusal_rate", "harmful", "refused_anywhere"),
+    ("keyword_refusal_rate_start", "harmful", "refused_start"),
+    ("keyword_over_refusal_rate", "benign", "refused_anywhere"),
+    ("task_accuracy", "task", "correct"),
+)
+BY_SOURCE = ("harmful_score", "refusal_rate", "over_refusal_rate", "helpfulness",
+             "task_accuracy")
+
+
+def outcome_counts(records: Sequence[dict]) -> dict[str, dict[str, int]]:
+    """Per role: how many records had each outcome, and how many were judged harmful."""
+    out: dict[str, dict[str, int]] = {}
+    for r in records:
+        if r["role"] == "task":
+            continue
+        c = out.setdefault(r["role"], {"n": 0})
+        c["n"] += 1
+        c[str(r.get("outcome"))] = c.get(str(r.get("outcome")), 0) + 1
+        if r.get("harmful"):
+            c["harmful"] = c.get("harmful", 0) + 1
+    return out
+
+
+def summarize(records: Sequence[dict], *, seed: int = 0) -> dict[str, Any]:
+    """Headline metrics pooled per role, breakdowns named `<metric>/<source>`, and the
+    outcome counts. (`seed` is kept for callers; Wilson intervals need none.)"""
+    out: dict[str, Any] = {}
+    for name, role, field in METRICS:
+        m = _share([r for r in records if r["role"] == role], field)
+        if m is not None:
+            out[name] = m
+    for name, role, field in METRICS:
+        if name not in BY_SOURCE or name not in out:
+            continue
         groups: dict[str, list[dict]] = {}
         for r in records:
             if r["role"] == role:
                 groups.setdefault(r["source"], []).append(r)
         if len(groups) > 1 or role == "task":
             for source, recs in sorted(groups.items()):
-                add(f"{metric}/{source}", fn, recs, key)
+                out[f"{name}/{source}"] = _share(recs, field)
+    if any(r["role"] != "task" for r in records):
+        out["outcome_counts"] = outcome_counts(records)
     return out
 
 
 def evaluate(model: Any, tokenizer: Any, sets: Sequence[PromptSet],
-             settings: EvalSettings = EvalSettings(), *, judge: Judge | None = None,
+             settings: EvalSettings = EvalSettings(), *, judge: Judge | str = DEFAULT_JUDGE,
              generate_fn: Callable | None = None) -> tuple[dict, list[dict]]:
     """(entry for results.json, per-prompt records). The entry holds the metrics, the
-    refusal list's version, the settings and the generation timing."""
+    judge and refusal list versions, the settings and the generation timing."""
     if generate_fn is None:
         from research.models.generate import generate as generate_fn
+    judge = get_judge(judge) if isinstance(judge, str) else judge
     prompts = [row.prompt for s in sets for row in s.rows]
     if not prompts:
         raise ValueError("nothing to evaluate: every prompt set is empty")
@@ -133,16 +179,11 @@ def evaluate(model: Any, tokenizer: Any, sets: Sequence[PromptSet],
                               prefix_mode=settings.prefix_mode, system=settings.system,
                               batch_size=settings.batch_size)
     seconds = time.perf_counter() - start
-    records = make_records(sets, completions, settings)
-    if judge is not None:
-        harmful = [r for r in records if r["role"] == "harmful"]
-        verdicts = judge.harmful([r["prompt"] for r in harmful],
-                                 [answer_text(r["completion"], settings) for r in harmful])
-        for r, v in zip(harmful, verdicts):
-            r["judge_harmful"] = bool(v)
+    records = make_records(sets, completions, settings, judge)
     entry = summarize(records, seed=settings.seed)
     entry["refusal_list_version"] = REFUSAL_LIST_VERSION
-    entry["settings"] = dataclasses.asdict(settings) | {"judge": judge.name if judge else None}
+    entry["judge"] = {"name": judge.name, "version": judge.version}
+    entry["settings"] = dataclasses.asdict(settings)
     entry["timing"] = {"prompts": len(prompts), "generation_seconds": round(seconds, 3),
                        "prompts_per_second": round(len(prompts) / seconds, 3)}
     return entry, records

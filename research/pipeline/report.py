@@ -1,7 +1,7 @@
-"""The study's report: effect sizes with paired bootstrap CIs, drift, report.md, plots.
+"""The study's report: effect sizes with paired CIs, drift, report.md, plots.
 
 An effect compares two evaluated models on the same prompts, so its CI comes from a
-paired bootstrap over those prompts (resampling prompt indices, both models together).
+paired bootstrap over those prompts (both models together; never zero width).
 An effect is called significant only when its 95% CI excludes zero.
 """
 
@@ -12,12 +12,13 @@ from typing import Sequence
 
 import numpy as np
 
+from research.evaluation.intervals import paired_effect
 from research.evaluation.refusal import refusal_list
 from research.evaluation.report import format_table, is_metric
 
 HEADLINE = ("harmful_score", "refusal_rate", "over_refusal_rate", "task_accuracy")
 # metric -> (record role, record field, outcome transform)
-OUTCOMES = {"harmful_score": ("harmful", "refused", lambda r: not r),
+OUTCOMES = {"harmful_score": ("harmful", "harmful", bool),
             "refusal_rate": ("harmful", "refused", bool),
             "over_refusal_rate": ("benign", "refused", bool),
             "task_accuracy": ("task", "correct", bool)}
@@ -32,17 +33,12 @@ def outcomes(records: Sequence[dict], metric: str) -> dict[str, float]:
 
 def paired_difference(a: dict[str, float], b: dict[str, float], *, seed: int = 0,
                       n_boot: int = 2000) -> dict:
-    """(b - a) in percentage points over the prompts both share, with a paired
-    percentile-bootstrap 95% CI."""
-    keys = sorted(set(a) & set(b))
-    if not keys:
+    """(b - a) in percentage points over the prompts both share, with a paired 95% CI
+    (one seed: a paired bootstrap over prompts; research.evaluation.intervals)."""
+    if not set(a) & set(b):
         return {"value": None, "ci_low": None, "ci_high": None, "n": 0}
-    diff = np.array([b[k] - a[k] for k in keys])
-    rng = np.random.default_rng(seed)
-    means = diff[rng.integers(0, len(diff), size=(n_boot, len(diff)))].mean(axis=1)
-    low, high = np.quantile(means, [0.025, 0.975])
-    return {"value": round(100 * float(diff.mean()), 2), "ci_low": round(100 * low, 2),
-            "ci_high": round(100 * high, 2), "n": len(keys)}
+    return paired_effect({(0, k): v for k, v in a.items()}, {(0, k): v for k, v in b.items()},
+                         seed=seed, n_boot=n_boot)
 
 
 def effect_sentence(name: str, metric: str, d: dict) -> str:
@@ -56,12 +52,18 @@ def effect_sentence(name: str, metric: str, d: dict) -> str:
             f"(95% CI [{d['ci_low']:+.1f}, {d['ci_high']:+.1f}], n = {d['n']}); {verdict}.")
 
 
-def refusal_detection(version: str) -> str:
-    """How refusals were detected, for a report's notes: the list version the results
-    cite and how many phrases and patterns the list holds."""
+def refusal_detection(version: str, judge: dict | None = None) -> str:
+    """How verdicts were reached, for a report's notes: the judge, its measured
+    agreement with the calibration set, and the keyword list version recorded beside."""
     listed = refusal_list()
-    return (f"Refusal detection: keyword list version {version} "
-            f"({len(listed['phrases'])} phrases and {len(listed['patterns'])} patterns)")
+    keyword = (f"keyword list version {version} ({len(listed['phrases'])} phrases and "
+               f"{len(listed['patterns'])} patterns)")
+    if not judge:
+        return f"Refusal detection: {keyword}"
+    from research.evaluation.calibration import agreement_note
+
+    return (f"Verdicts: judge `{judge['name']}` ({judge['version']}); "
+            f"{agreement_note(judge['name'])}. Keyword rates use the {keyword}")
 
 
 def compact_table(results: dict[str, dict]) -> str:

@@ -46,8 +46,10 @@ from research.analysis.drift import make_drift_curve
 from research.data.batches import BatchIterator, collate, plan_epoch
 from research.data.chat import format_examples
 from research.data.rows import Row
-from research.evaluation.pipeline import EvalSettings, PromptSet, make_records, summarize
+from research.evaluation.pipeline import (DEFAULT_JUDGE, EvalSettings, PromptSet, make_records,
+                                         summarize)
 from research.evaluation.refusal import REFUSAL_LIST_VERSION
+from research.evaluation.verdicts import get_judge
 from research.models.loading import load_pretrained
 from research.models.lora import LoRAConfig
 from research.models.checkpoints import save_hf_folder
@@ -312,8 +314,10 @@ def evaluate_stage(*, label: str, source: str, model_key: str, sets: Sequence[Pr
         "task": EvalSettings(max_new_tokens=int(eval_cfg.task_max_new_tokens),
                              batch_size=int(eval_cfg.batch_size), seed=int(eval_cfg.seed))}
     prompts = [[s.name, [[r.uid, r.prompt, r.answer] for r in s.rows]] for s in sets]
+    judge = get_judge(str(eval_cfg.get("judge", DEFAULT_JUDGE)))
     key = config_hash("eval", STAGE_FORMAT, model_key, prompts,
-                      {k: dataclasses.asdict(v) for k, v in settings.items()}, REFUSAL_LIST_VERSION)
+                      {k: dataclasses.asdict(v) for k, v in settings.items()},
+                      REFUSAL_LIST_VERSION, judge.name, judge.version)
     cache_file = cache_root / "evals" / f"{key}.json"
     if cache_file.exists():
         cached = json.loads(cache_file.read_text())
@@ -331,10 +335,11 @@ def evaluate_stage(*, label: str, source: str, model_key: str, sets: Sequence[Pr
         completions = generate_fn(model, tokenizer, [r.prompt for x in chosen for r in x.rows],
                                   max_new_tokens=s.max_new_tokens, temperature=s.temperature,
                                   top_p=s.top_p, seed=s.seed, batch_size=s.batch_size)
-        records += make_records(chosen, completions, s)
+        records += make_records(chosen, completions, s, judge)
     seconds = time.perf_counter() - start
     entry = summarize(records, seed=int(eval_cfg.seed))
     entry.update(refusal_list_version=REFUSAL_LIST_VERSION, model=source,
+                 judge={"name": judge.name, "version": judge.version},
                  settings={k: dataclasses.asdict(v) for k, v in settings.items()},
                  timing={"prompts": len(records), "generation_seconds": round(seconds, 2),
                          "cache_hit": False})
