@@ -60,26 +60,32 @@ def score_file(judge_name: str, src: str | Path, dst: str | Path,
 
 
 def calibrate(judge_names: Sequence[str], path: str | Path = C.CALIBRATION_FILE) -> dict:
-    """{judge: {"version", "fields": {field: agreement}}} on the calibration set."""
+    """{judge: {"version", "fields": {field: agreement}, "held_out": {...}}} on the
+    calibration set (all rows, and its held-out fold alone)."""
     rows = C.load_calibration(path)
-    items = C.items_of(rows)
+    held = [i for i, r in enumerate(rows) if r.get("fold") == "held-out"]
     out = {}
     for name in judge_names:
         judge = get_judge(name)
-        out[name] = {"version": judge.version,
-                     "fields": C.score_judge(rows, judge_all(judge, items))}
+        verdicts = judge_all(judge, C.items_of(rows))
+        out[name] = {"version": judge.version, "fields": C.score_judge(rows, verdicts)}
+        if held:
+            out[name]["held_out"] = C.score_judge([rows[i] for i in held],
+                                                  [verdicts[i] for i in held])
     return out
 
 
 def agreement_table(result: dict, n_rows: int) -> str:
     """Markdown: one line per judge and field (accuracy, kappa, n)."""
     lines = [f"Agreement with the calibration set ({n_rows} labelled pairs)", "",
-             "| judge | version | field | n | accuracy | kappa |", "|---|---|---|---|---|---|"]
+             "| judge | version | rows | field | n | accuracy | kappa |",
+             "|---|---|---|---|---|---|---|"]
     for name, r in result.items():
-        for field, a in r["fields"].items():
-            kappa = "-" if a["kappa"] is None else f"{a['kappa']:.3f}"
-            lines.append(f"| {name} | {r['version']} | {field} | {a['n']} | "
-                         f"{a['accuracy']:.3f} | {kappa} |")
+        for rows, fields in (("all", r["fields"]), ("held-out", r.get("held_out", {}))):
+            for field, a in fields.items():
+                kappa = "-" if a["kappa"] is None else f"{a['kappa']:.3f}"
+                lines.append(f"| {name} | {r['version']} | {rows} | {field} | {a['n']} | "
+                             f"{a['accuracy']:.3f} | {kappa} |")
     return "\n".join(lines)
 
 

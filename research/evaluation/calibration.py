@@ -3,9 +3,10 @@
 The set (`calibration/calibration.jsonl`, labelled by hand following
 `calibration/GUIDE.md`) holds (prompt, response) pairs from this project's own models,
 each with the labels a careful reader gave: outcome (refused / complied / other) and, for
-harmful prompts, harmful (yes / no). A judge is scored field by field against it:
-accuracy, Cohen's kappa and the confusion matrix, over the items where both the label
-and the judge's verdict exist.
+harmful prompts, harmful (yes / no), and a `fold`: `dev` rows were read while the
+rule-based judges were written, `held-out` rows were not, so agreement on them is the
+honest estimate. A judge is scored field by field against it: accuracy, Cohen's kappa
+and the confusion matrix, over the items where both the label and the verdict exist.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from research.evaluation.verdicts import OUTCOMES, ROLES, JudgeItem, Verdict
 
 CALIBRATION_FILE = Path(__file__).parent / "calibration" / "calibration.jsonl"
 FIELDS = ("complied", "refused", "harmful", "outcome")
+FOLDS = ("dev", "held-out")  # dev: read while writing the rule-based judges; held-out: not
 _REQUIRED = ("id", "model", "role", "prompt", "response", "outcome")
 
 
@@ -35,6 +37,8 @@ def load_calibration(path: str | Path = CALIBRATION_FILE) -> list[dict]:
                 raise DataError(str(path), "missing or not text", row=line_no, field=field)
         if row["role"] not in ROLES:
             raise DataError(str(path), f"must be one of {ROLES}", row=line_no, field="role")
+        if row.get("fold", "dev") not in FOLDS:
+            raise DataError(str(path), f"must be one of {FOLDS}", row=line_no, field="fold")
         if row["outcome"] not in OUTCOMES:
             raise DataError(str(path), f"must be one of {OUTCOMES}", row=line_no,
                             field="outcome")
