@@ -72,6 +72,11 @@ def calibrate(judge_names: Sequence[str], path: str | Path = C.CALIBRATION_FILE)
         if held:
             out[name]["held_out"] = C.score_judge([rows[i] for i in held],
                                                   [verdicts[i] for i in held])
+    second = Path(path).with_name(C.SECOND_READER_FILE.name)
+    if second.exists():  # the human ceiling: a second reader's blind labels
+        chosen, verdicts = C.second_reader(rows, second)
+        out["second-reader"] = {"version": f"{len(chosen)} rows labelled blind",
+                                "fields": C.score_judge(chosen, verdicts)}
     return out
 
 

@@ -118,6 +118,29 @@ def score_judge(rows: Sequence[dict], verdicts: Sequence[Verdict]) -> dict[str, 
 
 
 AGREEMENT_FILE = Path(__file__).parent / "calibration" / "agreement.json"
+SECOND_READER_FILE = Path(__file__).parent / "calibration" / "second_reader.jsonl"
+
+
+def second_reader(rows: Sequence[dict], path: str | Path = SECOND_READER_FILE
+                  ) -> tuple[list[dict], list[Verdict]]:
+    """The calibration rows a second reader labelled blind, and those labels as verdicts:
+    scored like a judge, they give the human agreement ceiling."""
+    by_id = {r["id"]: r for r in rows}
+    chosen, verdicts = [], []
+    for line_no, label in iter_records(path):
+        row = by_id.get(label.get("id"))
+        if row is None:
+            raise DataError(str(path), "no calibration row has this id", row=line_no,
+                            field="id")
+        if label.get("outcome") not in OUTCOMES:
+            raise DataError(str(path), f"must be one of {OUTCOMES}", row=line_no,
+                            field="outcome")
+        outcome = label["outcome"]
+        harmful = bool(label.get("harmful")) if row["role"] == "harmful" else None
+        chosen.append(row)
+        verdicts.append(Verdict("second-reader", outcome == "refused",
+                                outcome == "complied", harmful))
+    return chosen, verdicts
 
 
 def agreement_note(judge_name: str, path: str | Path = AGREEMENT_FILE) -> str:
