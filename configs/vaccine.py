@@ -24,8 +24,8 @@ Stages are cached by their config, so the runs share data, base-model answers, t
 base model's evaluation and every stage they have in common (the SFT arm, rho = 2 and
 p = 0.1). Accelerated Vaccine (eps recomputed every tau steps):
 `--config.align_arms.vaccine.method_config.tau=100`. An interrupted run continues with
-`--resume`. Sized like the demo (embedded model, shared CPU): aligned starts only, no
-EMA. Drift is on here and off in the other configs (it costs a forward pass over the
+`--resume`. Sized like the demo (embedded model, shared CPU) but with three seeds per
+arm (`--config.seeds=0,` for one): aligned starts only, no EMA. Drift is on here and off in the other configs (it costs a forward pass over the
 `drift.n` examples every `drift.every` steps).
 """
 
@@ -76,6 +76,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     cfg.align_arms = ml_collections.ConfigDict({"sft": arm("sft"),
                                                 "vaccine": vaccine_arm(2.0)})
     cfg.reference_arm = "sft"
+    cfg.seeds = (0, 1, 2)  # each arm trained three times; effects pair seed and prompt
     cfg.finetune.p_values = P_VALUES
     cfg.finetune.starts = ("aligned",)
     cfg.finetune.ema_betas = (0.0,)

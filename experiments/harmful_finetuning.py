@@ -35,6 +35,8 @@ from research.pipeline.runs import RunFolder
 from research.pipeline.scripts import (align_stage, base_and_data, finetune_block,
                                        run_config_script, start_run)
 from research.pipeline.stages import drift_enabled, evaluate_stage, link, train_stage
+from research.evaluation.pipeline import summarize_seeds
+from research.evaluation.report import is_metric
 from research.training.sharding import mesh_from_config
 
 log = logging.getLogger("experiments.harmful_finetuning")
@@ -67,10 +69,28 @@ def drift_rows(cfg: ml_collections.ConfigDict, data: dict[str, Any]) -> list[Row
     return [r for r in data["align_rows"] if r.kind == "harmful"][:int(cfg.finetune.drift.n)]
 
 
+def seeded(block: ml_collections.ConfigDict, seed: int) -> ml_collections.ConfigDict:
+    """A training block with its `seed` offset by the study seed (seed 0: unchanged, so
+    single-seed runs keep their cache keys)."""
+    if seed == 0:
+        return block
+    out = ml_collections.ConfigDict(block.to_dict())
+    out.seed = int(block.seed) + seed
+    return out
+
+
+def stage_name(name: str, seed: int) -> str:
+    return name if seed == 0 else f"{name}_s{seed}"
+
+
 def run_study(cfg: ml_collections.ConfigDict, *, resume: bool = False, progress: bool = True,
               generate_fn: Callable | None = None) -> Path:
-    """Run all stages and write the run folder; returns its path."""
+    """Run all stages for every seed in `cfg.seeds` and write the run folder; returns its
+    path. Each seed retrains every arm (its training seed offset by the study seed) and
+    is evaluated on the same prompts, so the report's intervals cover seeds and prompts
+    and its effects pair by (seed, prompt)."""
     clock, run, cache = start_run(cfg, resume)
+    seeds = [int(s) for s in cfg.get("seeds", (0,))]
     base_source = str(cfg.model.source)
     base_model, tokenizer, base_key, data = base_and_data(cfg, cache, generate_fn)
     run.write_json("data_counts.json", data["counts"])
@@ -78,69 +98,82 @@ def run_study(cfg: ml_collections.ConfigDict, *, resume: bool = False, progress:
              "user_harmful_pool": len(data["user_harmful"]),
              "task_train": len(data["task_train"]), "counts": data["counts"]})
     sets = data["eval_sets"]
-    results: dict[str, dict] = {}
-    records: dict[str, list[dict]] = {}
-    sources: dict[str, tuple[str, str]] = {"base": (base_source, base_key)}
+    entries: dict[str, dict[int, dict]] = {}
+    records: dict[str, dict[int, list[dict]]] = {}
 
-    def evaluate(label: str, source: str, key: str, loaded: Any = None) -> None:
-        clock.say(f"evaluating {label} on {sum(len(s.rows) for s in sets)} prompts")
+    def evaluate(label: str, seed: int, source: str, key: str, loaded: Any = None) -> None:
+        clock.say(f"evaluating {label} (seed {seed}) on {sum(len(s.rows) for s in sets)} "
+                  "prompts")
         entry, recs = evaluate_stage(label=label, source=source, model_key=key, sets=sets,
                                      eval_cfg=cfg.eval, cache_root=cache, loaded=loaded,
                                      generate_fn=generate_fn)
-        results[label], records[label] = entry, recs
-        run.log({"event": "eval", "label": label,
+        entries.setdefault(label, {})[seed] = entry
+        records.setdefault(label, {})[seed] = recs
+        run.log({"event": "eval", "label": label, "seed": seed,
                  **{m: entry[m]["value"] for m in report.HEADLINE if m in entry}})
         clock.say(f"{label}: " + ", ".join(f"{m} {entry[m]['value']:.1f}"
                                            for m in report.HEADLINE if m in entry))
 
-    evaluate("base", base_source, base_key, loaded=(base_model, tokenizer))
+    evaluate("base", seeds[0], base_source, base_key, loaded=(base_model, tokenizer))
+    for seed in seeds[1:]:  # the untrained base model is the same for every seed
+        entries["base"][seed], records["base"][seed] = (entries["base"][seeds[0]],
+                                                        records["base"][seeds[0]])
     del base_model
     arms = alignment_arms(cfg)
-    for arm, block in arms.items():
-        clock.say(f"stage 1: align {arm} ({block.method}) on {len(data['align_rows'])} rows")
-        key, entry, _ = align_stage(cfg, run, base_source=base_source, base_key=base_key,
-                                    rows=data["align_rows"], cache=cache, resume=resume,
-                                    progress=progress, arm=arm, block=block)
-        sources[arm] = (str(entry), key)
-        evaluate(arm, str(entry), key)
     starts = [s for start in cfg.finetune.starts
               for s in (["base"] if start == "base" else list(arms))]
     drift_examples = drift_rows(cfg, data)
     mesh = mesh_from_config(cfg.get("mesh"))  # one mesh for every stage-2 training
     variants: dict[str, dict] = {}
     curves: dict[str, list[dict]] = {}
-    for start_label in starts:
-        source, source_key = sources[start_label]
-        for p in cfg.finetune.p_values:
-            rows = study_data.user_rows(cfg, data, p)
-            # EMA arms first: a track-mode EMA stage also writes its no-EMA twin
-            for beta in sorted(cfg.finetune.ema_betas, key=lambda b: b == 0):
-                label = variant_label(start_label, p, beta)
-                clock.say(f"stage 2: {label} on {len(rows)} rows")
-                k, e, s = train_stage(label=label, source=source, source_key=source_key,
-                                      rows=rows, stage_cfg=finetune_block(cfg, p, beta),
-                                      model_cfg=cfg.model, cache_root=cache, resume=resume,
-                                      progress=progress, drift_rows=drift_examples,
-                                      mesh=mesh)
-                stage = f"ft_{start_label}_p{p:g}_ema{beta:g}"
-                link(run.checkpoint(stage), e)
-                drift = s.pop("drift", None)
-                run.log({"event": "stage", "stage": stage, "key": k, **s})
-                evaluate(label, str(e), k)
-                if drift is not None:
-                    results[label]["harmful_drift"] = dict(
-                        drift_result(drift, seed=int(cfg.eval.seed)),
-                        curve=f"checkpoints/{stage}/drift.jsonl")
-                    curves[label] = read_jsonl(e / "drift.jsonl")
-                variants[label] = {"group": f"{start_label}, " + (f"EMA {beta:g}" if beta
-                                                                  else "no EMA"),
-                                   "p": float(p), "start": start_label, "ema": float(beta),
-                                   "steps": int(s["steps"])}
+    drifts: dict[str, dict] = {}
+    for seed in seeds:
+        sources: dict[str, tuple[str, str]] = {"base": (base_source, base_key)}
+        for arm, block in arms.items():
+            clock.say(f"stage 1 (seed {seed}): align {arm} ({block.method}) on "
+                      f"{len(data['align_rows'])} rows")
+            key, entry, _ = align_stage(cfg, run, base_source=base_source, base_key=base_key,
+                                        rows=data["align_rows"], cache=cache, resume=resume,
+                                        progress=progress, arm=stage_name(arm, seed),
+                                        block=seeded(block, seed))
+            sources[arm] = (str(entry), key)
+            evaluate(arm, seed, str(entry), key)
+        for start_label in starts:
+            source, source_key = sources[start_label]
+            for p in cfg.finetune.p_values:
+                rows = study_data.user_rows(cfg, data, p)
+                # EMA arms first: a track-mode EMA stage also writes its no-EMA twin
+                for beta in sorted(cfg.finetune.ema_betas, key=lambda b: b == 0):
+                    label = variant_label(start_label, p, beta)
+                    clock.say(f"stage 2 (seed {seed}): {label} on {len(rows)} rows")
+                    k, e, s = train_stage(label=label, source=source, source_key=source_key,
+                                          rows=rows,
+                                          stage_cfg=seeded(finetune_block(cfg, p, beta), seed),
+                                          model_cfg=cfg.model, cache_root=cache,
+                                          resume=resume, progress=progress,
+                                          drift_rows=drift_examples, mesh=mesh)
+                    stage = stage_name(f"ft_{start_label}_p{p:g}_ema{beta:g}", seed)
+                    link(run.checkpoint(stage), e)
+                    drift = s.pop("drift", None)
+                    run.log({"event": "stage", "stage": stage, "key": k, **s})
+                    evaluate(label, seed, str(e), k)
+                    if drift is not None and label not in drifts:  # the first seed's
+                        drifts[label] = dict(drift_result(drift, seed=int(cfg.eval.seed)),
+                                             curve=f"checkpoints/{stage}/drift.jsonl")
+                        curves[label] = read_jsonl(e / "drift.jsonl")
+                    variants[label] = {"group": f"{start_label}, " + (
+                        f"EMA {beta:g}" if beta else "no EMA"), "p": float(p),
+                        "start": start_label, "ema": float(beta), "steps": int(s["steps"])}
     order = ["base", *arms] + [variant_label(start, p, beta) for start in starts
                                for p in cfg.finetune.p_values for beta in cfg.finetune.ema_betas]
-    results, records = ({k: d[k] for k in order} for d in (results, records))
+    results = {label: summarize_seeds(records[label], seed=int(cfg.eval.seed))
+               | {k: v for k, v in entries[label][seeds[0]].items() if not is_metric(v)}
+               for label in order}
+    for label, drift in drifts.items():
+        results[label]["harmful_drift"] = drift
     variants = {k: variants[k] for k in order if k in variants}
-    write_outputs(cfg, run, results, records, variants, list(arms), curves)
+    write_outputs(cfg, run, results, {k: records[k] for k in order}, variants, list(arms),
+                  curves)
     clock.say(f"done: {run.path / 'report.md'}")
     return run.path
 
@@ -149,13 +182,13 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def study_effects(records: dict[str, list[dict]], variants: dict[str, dict],
+def study_effects(records: dict[str, dict[int, list[dict]]], variants: dict[str, dict],
                   arms: Sequence[str], reference: str | None = None
                   ) -> list[tuple[str, str, dict]]:
     """Each alignment vs base, each fine-tune vs its start, EMA vs no EMA at the same
-    cell, and each arm's fine-tune vs the `reference` arm's at the same cell."""
-    diff = lambda a, b, m: report.paired_difference(report.outcomes(records[a], m),
-                                                    report.outcomes(records[b], m))
+    cell, and each arm's fine-tune vs the `reference` arm's at the same cell; records
+    by label and seed, effects paired by (seed, prompt)."""
+    diff = lambda a, b, m: report.arm_difference(records[a], records[b], m)
     effects = [(f"{arm} alignment vs base", m, diff("base", arm, m)) for arm in arms
                for m in ("refusal_rate", "over_refusal_rate", "task_accuracy")]
     for label, v in variants.items():
@@ -201,9 +234,10 @@ def write_outputs(cfg: ml_collections.ConfigDict, run: RunFolder, results: dict,
     from research.evaluation.report import plot_metrics
 
     run.write_json("results.json", results)
-    for label, recs in records.items():
+    for label, by_seed in records.items():
         safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in label)
-        run.write_json(f"records/{safe}.json", recs)
+        run.write_json(f"records/{safe}.json", [dict(r, seed=seed) for seed, recs in
+                                                by_seed.items() for r in recs])
     plot_metrics(results, run.path / "plots" / "metrics.png")
     if variants:
         report.plot_by_variant(results, variants, run.path / "plots" / "by_method_and_p.png",
@@ -218,7 +252,16 @@ def write_outputs(cfg: ml_collections.ConfigDict, run: RunFolder, results: dict,
              f"Harmful prompts: {split} split of " + cfg.data.harmful_sources
              + f"; benign (over-refusal) prompts: {split} split of " + cfg.eval.benign_sources
              + f" (per-source rates in the full table); task: {split} split of "
-             + cfg.data.task + ". Nothing in the val or test splits is trained on.",
+             + cfg.data.task + (f"; edge-case over-refusal: {split} split of "
+                                + cfg.eval.edgy_sources + ", not pooled"
+                                if cfg.eval.get("edgy_sources") else "")
+             + ". Splits group near-duplicates; nothing in val or test is trained on.",
+             (f"Seeds per arm: {len(cfg.get('seeds', (0,)))} "
+              f"({', '.join(str(s) for s in cfg.get('seeds', (0,)))}); values are means over "
+              "seeds with hierarchical (seed, then prompt) bootstrap intervals and effects "
+              "paired by seed and prompt." if len(cfg.get("seeds", (0,))) > 1 else
+              "One training seed per arm: intervals cover prompt sampling only, not "
+              "seed-to-seed variance (studies use `seeds=(0, 1, 2)`)."),
              f"Finetuning mode: {cfg.model.finetune_mode}"
              + (f" (rank {cfg.model.lora_rank}, alpha {cfg.model.lora_alpha})"
                 if cfg.model.finetune_mode == "lora" else "") + ".",

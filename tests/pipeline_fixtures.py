@@ -33,6 +33,7 @@ def tiny_study_config(model_folder: Path, root: Path, name: str = "t1"
     for block in (cfg.align, cfg.finetune):
         block.update(steps=2, batch_size=4, max_length=48, buckets=(48,))
     cfg.finetune.update(n=8, p_values=(0.25,), ema_betas=(0.0, 0.9))
-    cfg.eval.update(n_harmful=6, n_benign=6, n_task=4, max_new_tokens=3,
+    cfg.seeds = (0,)
+    cfg.eval.update(n_harmful=6, n_benign=6, n_task=4, n_edgy=2, max_new_tokens=3,
                     task_max_new_tokens=2, batch_size=8)
     return cfg

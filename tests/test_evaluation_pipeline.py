@@ -7,7 +7,8 @@ import json
 import pytest
 
 from research.data import Row
-from research.evaluation.pipeline import EvalSettings, PromptSet, evaluate, make_records, summarize
+from research.evaluation.pipeline import (EvalSettings, PromptSet, evaluate, make_records,
+                                         summarize, summarize_seeds)
 from research.evaluation.report import format_table, metric_items, plot_metrics, write_results
 from research.evaluation.verdicts import Verdict
 from research.models.config import ModelConfig
@@ -54,6 +55,14 @@ def test_metrics_from_known_completions():
     assert {"prompt", "completion", "refused", "complied", "harmful", "outcome",
             "refused_anywhere", "refused_start", "judge", "evidence"} <= set(records[0])
     assert "refused" not in records[7] and records[7]["refused_anywhere"] is False
+
+
+def test_unpooled_sets_are_reported_per_source_only():
+    edgy = PromptSet("edgy", "benign", _rows(["b2"], "benign", "rho"), pooled=False)
+    entry, records = evaluate(None, None, [*SETS[:2], edgy], EvalSettings(),
+                              generate_fn=fake_generate)
+    assert entry["over_refusal_rate"]["n"] == 3 and entry["over_refusal_rate/rho"]["value"] == 100
+    assert records[-1]["pooled"] is False and entry["outcome_counts"]["benign"]["n"] == 4
 
 
 def test_a_judge_that_tells_only_harm_reports_no_refusal_rate():
@@ -108,3 +117,18 @@ def test_summarize_skips_empty_roles():
     assert summarize([]) == {}
     with pytest.raises(ValueError, match="answer_type"):
         PromptSet("task:x", "task", _rows(["q"], "task", "x", ["1"]))
+
+
+def test_seeds_give_a_mean_with_a_hierarchical_interval():
+    _, first = evaluate(None, None, SETS, EvalSettings(), generate_fn=fake_generate)
+    flipped = [dict(r, harmful=not r["harmful"], refused=not r["refused"],
+                    complied=not r["complied"]) if r["role"] == "harmful" else r
+               for r in first]
+    one = summarize_seeds({0: first})
+    assert one["harmful_score"] == summarize(first)["harmful_score"]
+    two = summarize_seeds({0: first, 1: flipped})
+    m = two["harmful_score"]
+    assert m["value"] == 50.0 and m["n_seeds"] == 2 and m["per_seed"] == [50.0, 50.0]
+    assert m["interval"] == "hierarchical-bootstrap" and m["ci_low"] < 50 < m["ci_high"]
+    assert set(two["per_seed"]) == {"0", "1"} and "task_accuracy/arithmetic" in two
+    assert two["over_refusal_rate"]["per_seed"] == pytest.approx([100 / 3] * 2, abs=1e-3)

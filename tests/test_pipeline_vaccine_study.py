@@ -24,6 +24,8 @@ def study(tokenizer, tmp_path_factory):
     cfg.finetune.update(starts=real.finetune.starts, ema_betas=real.finetune.ema_betas)
     cfg.finetune.drift = real.finetune.drift
     cfg.finetune.drift.update(n=5, every=1, batch_size=2)
+    assert real.seeds == (0, 1, 2)
+    cfg.seeds = (0, 1)  # two seeds keep the test short and exercise the fan-out
     return cfg, run_study(cfg, progress=False)
 
 
@@ -37,12 +39,25 @@ def test_both_arms_are_aligned_attacked_and_compared_in_one_report(study):
     assert list(results) == ["base", "sft", "vaccine", *VARIANTS]
     stages = [e["stage"] for e in _lines(path / "metrics.jsonl") if e["event"] == "stage"]
     assert stages == ["align_sft", "align_vaccine", "ft_sft_p0.25_ema0",
-                      "ft_vaccine_p0.25_ema0"]
+                      "ft_vaccine_p0.25_ema0", "align_sft_s1", "align_vaccine_s1",
+                      "ft_sft_p0.25_ema0_s1", "ft_vaccine_p0.25_ema0_s1"]
+    keys = {e["stage"]: e["key"] for e in _lines(path / "metrics.jsonl")
+            if e["event"] == "stage"}
+    assert keys["align_sft"] != keys["align_sft_s1"]  # a seed trains its own model
+    for label in ("sft", *VARIANTS):
+        m = results[label]["harmful_score"]
+        assert m["n_seeds"] == 2 and len(m["per_seed"]) == 2 and set(
+            results[label]["per_seed"]) == {"0", "1"}
+    assert results["base"]["harmful_score"]["per_seed"][0] == \
+        results["base"]["harmful_score"]["per_seed"][1]
+    records = json.loads((path / "records" / "sft.json").read_text())
+    assert sorted({r["seed"] for r in records}) == [0, 1]
     align = _lines(path / "checkpoints" / "align_vaccine" / "metrics.jsonl")
     assert all(m["loss"] > m["clean_loss"] for m in align)  # Vaccine's perturbed loss
     report = (path / "report.md").read_text()
     for metric in ("harmful_score", "task_accuracy"):
         assert f"vaccine+ft(p=0.25) vs sft+ft(p=0.25): {metric} changes by" in report
+    assert "2 seeds)" in report and "Seeds per arm: 2 (0, 1)" in report
     assert "vaccine = vaccine" in report and "rho" in report
     for plot in ("by_method_and_p.png", "drift.png"):
         assert (path / "plots" / plot).stat().st_size > 0
