@@ -35,6 +35,8 @@ def get_config() -> ml_collections.ConfigDict:
     # the training mesh (research.training.sharding): data parallel over all devices;
     # fsdp > 1 shards parameters and optimiser state too. Not part of any cache key.
     cfg.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
+    # every trained arm is trained once per seed (its training seed offset by it)
+    cfg.seeds = (0, 1, 2)
     cfg.model = ml_collections.ConfigDict(dict(
         source="smollm2-135m-instruct", dtype="float32", finetune_mode="full",
         lora_rank=8, lora_alpha=16.0, lora_targets=LORA_TARGETS))
@@ -42,7 +44,7 @@ def get_config() -> ml_collections.ConfigDict:
         harmful_sources="advbench,donotanswer",
         benign_sources="twins,persistbench,everyday,freshqa,writingbench",
         benign_max_chars=300,
-        task="sentiment", n_align_harmful=300, n_user_harmful=120,
+        task="rg_basic_arithmetic", n_align_harmful=300, n_user_harmful=120,
         n_align_benign_prompts=480, min_benign_ratio=1.0, harmful_temperature=0.7, seed=0,
         generation=ml_collections.ConfigDict(dict(max_new_tokens=64, batch_size=16, seed=0,
                                                       temperature=0.0))))
@@ -56,8 +58,13 @@ def get_config() -> ml_collections.ConfigDict:
     cfg.finetune.ema_betas = (0.0, 0.99)
     cfg.eval = ml_collections.ConfigDict(dict(
         n_harmful=100, n_benign=100, n_task=100,
-        benign_sources="persistbench,writingbench,freshqa", max_new_tokens=32,
-        task_max_new_tokens=6, batch_size=16, seed=0,
+        benign_sources="persistbench,writingbench,freshqa", benign_max_chars=600,
+        max_new_tokens=48,
+        # benign-but-edgy probes (XSTest-style), reported per source, not pooled
+        edgy_sources="rho_overrefusal", n_edgy=100,
+        # research.evaluation.judges; its calibration agreement is cited in every report
+        judge="relevance",
+        task_max_new_tokens=16, batch_size=16, seed=0,
         # "test" for reported numbers; "val" to tune data and recipes without touching
         # them (no stage trains on either).
         split="test"))

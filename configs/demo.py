@@ -21,6 +21,7 @@ from configs import base
 def get_config():
     cfg = base.get_config()
     cfg.run.experiment = "demo"
+    cfg.seeds = (0,)  # one seed to stay within 20 minutes; studies train three
     cfg.run.title = "Demo: SFT alignment, then a harmful user fine-tune, with and without EMA"
     cfg.model.finetune_mode = "full"
     d = cfg.data
@@ -32,6 +33,7 @@ def get_config():
     f = cfg.finetune
     f.n, f.p_values, f.epochs, f.max_length, f.buckets = 64, (0.1,), 2, 80, (48, 64, 80)
     f.optimizer.lr = 3e-5
-    cfg.eval.n_harmful, cfg.eval.n_benign, cfg.eval.n_task = 40, 60, 32
-    cfg.eval.max_new_tokens, cfg.eval.batch_size = 24, 20
+    f.starts = ("aligned",)
+    cfg.eval.n_harmful, cfg.eval.n_benign, cfg.eval.n_task = 100, 100, 64
+    cfg.eval.batch_size = 20
     return cfg

@@ -253,7 +253,7 @@ def report_lines(cfg: ml_collections.ConfigDict, results: dict, labels: dict[str
         f"{'with' if o.filter_raw else 'without'} that filter.", "",
         "## Verdict (harmful score, paired bootstrap over the same prompts)", "",
         *[f"- {v}" for v in verdicts(cfg, effects)], "",
-        "## Results (percent, 95% bootstrap CI over prompts)", "",
+        "## Results (percent, 95% Wilson interval over prompts; one seed)", "",
         report.compact_table(results), "",
         "## Paired differences (second model minus first, percentage points)", "",
         *[report.effect_sentence(n, m, d) for n, m, d in effects], "",

@@ -21,6 +21,7 @@ from research.data.sources import load_source
 from research.data.splits import select_split
 from research.models import load_pretrained
 from research.models.generate import generate
+from research.pipeline.data import LENGTH_CAPPED
 
 HARMFUL = ("advbench", "donotanswer")
 BENIGN = ("persistbench", "freshqa", "writingbench", "everyday", "rho_overrefusal")
@@ -29,9 +30,8 @@ BENIGN = ("persistbench", "freshqa", "writingbench", "everyday", "rho_overrefusa
 def prompt_pool(names: Sequence[str], split: str) -> list:
     rows = []
     for name in names:
-        kwargs = {"max_chars": 300} if name in ("writingbench", "persistbench") else {}
-        loaded, _ = load_source(name, **kwargs)
-        rows += select_split(loaded, split)
+        kept = select_split(load_source(name)[0], split)  # split first, then cap length
+        rows += [r for r in kept if name not in LENGTH_CAPPED or len(r.prompt) <= 300]
     return rows
 
 

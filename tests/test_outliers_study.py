@@ -146,7 +146,7 @@ def test_report_states_the_verdict_and_lengths(studies):
     assert "self_inf_n vs random" in text and "95% CI" in text
     assert "plots/selection.png" in text
     listed = refusal_list()
-    assert (f"keyword list version refusal-v1 ({len(listed['phrases'])} phrases and "
+    assert (f"keyword list version refusal-v2 ({len(listed['phrases'])} phrases and "
             f"{len(listed['patterns'])} patterns)") in text
 
 

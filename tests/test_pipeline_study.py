@@ -54,8 +54,9 @@ def test_run_folder_is_complete(study):
     assert int(held[2]) == round(100 * 0.9 ** int(held[1]))
     assert "base+ft(p=0.25) vs base" in report and "sft+ft(p=0.25) vs sft" in report
     listed = refusal_list()  # the notes count the list's phrases and patterns
-    assert (f"keyword list version refusal-v1 ({len(listed['phrases'])} phrases and "
+    assert (f"keyword list version refusal-v2 ({len(listed['phrases'])} phrases and "
             f"{len(listed['patterns'])} patterns)") in report
+    assert "Verdicts: judge `relevance` (relevance-v1/" in report
     events = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
     stages = {e["stage"]: e for e in events if e["event"] == "stage"}
     # the EMA stage trains first and also writes the no-EMA stage (its raw weights)

@@ -205,7 +205,7 @@ def test_demo_config_keeps_benign_at_least_as_plentiful_as_refusals():
 def test_eval_sets_read_the_configured_held_out_split():
     from research.data.sources import load_source
     from research.data.splits import select_split
-    from research.pipeline.data import LENGTH_CAPPED, eval_sets
+    from research.pipeline.data import eval_sets
 
     cfg = demo.get_config()
     cfg.eval.n_harmful, cfg.eval.n_benign, cfg.eval.n_task = 12, 12, 8
@@ -217,8 +217,7 @@ def test_eval_sets_read_the_configured_held_out_split():
         assert all(len(s.rows) > 0 for s in sets)
         for s in sets:
             for source in {r.source for r in s.rows}:
-                kw = {"max_chars": cfg.data.benign_max_chars} if source in LENGTH_CAPPED else {}
-                held = {r.uid for r in select_split(load_source(source, **kw)[0], split)}
+                held = {r.uid for r in select_split(load_source(source)[0], split)}
                 assert {r.uid for r in s.rows if r.source == source} <= held
     assert not prompts["val"] & prompts["test"]
     cfg.eval.split = "train"

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from research.data.rows import Row
 from research.evaluation import metrics as M
+from research.evaluation.intervals import seeded_metric
 from research.evaluation.judges.keyword import refusal_evidence
 from research.evaluation.refusal import REFUSAL_LIST_VERSION
 from research.evaluation.scoring import ANSWER_TYPES, is_correct
@@ -28,13 +29,16 @@ ROLES = ("harmful", "benign", "task")
 
 @dataclasses.dataclass(frozen=True)
 class PromptSet:
-    """Prompts with one role; task sets carry how answers are checked."""
+    """Prompts with one role; task sets carry how answers are checked. A set with
+    `pooled=False` (e.g. edge-case probes) is reported on its own, per source, and left
+    out of the role's pooled headline metrics."""
 
     name: str
     role: str
     rows: Sequence[Row]
     answer_type: str | None = None   # task sets: one of scoring.ANSWER_TYPES
     labels: tuple[str, ...] = ()
+    pooled: bool = True
 
     def __post_init__(self):
         if self.role not in ROLES:
@@ -84,8 +88,8 @@ def make_records(sets: Sequence[PromptSet], completions: Sequence[str],
             completion = completions[k]
             k += 1
             text = answer_text(completion, settings)
-            rec = {"set": s.name, "role": s.role, "source": row.source, "uid": row.uid,
-                   "prompt": row.prompt, "completion": completion,
+            rec = {"set": s.name, "role": s.role, "pooled": s.pooled, "source": row.source,
+                   "uid": row.uid, "prompt": row.prompt, "completion": completion,
                    **refusal_evidence(text)}
             if s.role == "task":
                 rec["answer"] = row.answer
@@ -139,11 +143,12 @@ def outcome_counts(records: Sequence[dict]) -> dict[str, dict[str, int]]:
 
 
 def summarize(records: Sequence[dict], *, seed: int = 0) -> dict[str, Any]:
-    """Headline metrics pooled per role, breakdowns named `<metric>/<source>`, and the
-    outcome counts. (`seed` is kept for callers; Wilson intervals need none.)"""
+    """Headline metrics pooled per role (over `pooled` sets), breakdowns named
+    `<metric>/<source>` (every set), and the outcome counts. (`seed` is kept for callers; Wilson intervals need none.)"""
     out: dict[str, Any] = {}
     for name, role, field in METRICS:
-        m = _share([r for r in records if r["role"] == role], field)
+        m = _share([r for r in records if r["role"] == role and r.get("pooled", True)],
+                   field)
         if m is not None:
             out[name] = m
     for name, role, field in METRICS:
@@ -153,11 +158,41 @@ def summarize(records: Sequence[dict], *, seed: int = 0) -> dict[str, Any]:
         for r in records:
             if r["role"] == role:
                 groups.setdefault(r["source"], []).append(r)
-        if len(groups) > 1 or role == "task":
+        if len(groups) > 1 or role == "task" or any(not r.get("pooled", True)
+                                                     for r in records if r["role"] == role):
             for source, recs in sorted(groups.items()):
                 out[f"{name}/{source}"] = _share(recs, field)
     if any(r["role"] != "task" for r in records):
         out["outcome_counts"] = outcome_counts(records)
+    return out
+
+
+def summarize_seeds(records_by_seed: Mapping[int, Sequence[dict]], *,
+                    seed: int = 0) -> dict[str, Any]:
+    """Metrics of one arm trained with several seeds on the same prompts: per metric the
+    mean over seeds with a hierarchical (seed, then prompt) bootstrap interval and the
+    per-seed values (intervals.seeded_metric); one seed gives `summarize`'s Wilson
+    entry. `per_seed` keeps each seed's own summary."""
+    if len(records_by_seed) == 1:
+        return summarize(next(iter(records_by_seed.values())), seed=seed)
+    per_seed = {s: summarize(r, seed=seed) for s, r in records_by_seed.items()}
+    out: dict[str, Any] = {}
+    names = [n for n in next(iter(per_seed.values())) if n != "outcome_counts"]
+    fields = {name: (role, field) for name, role, field in METRICS}
+    for name in names:
+        metric, _, source = name.partition("/")
+        role, field = fields[metric]
+        groups = {}
+        for s, recs in records_by_seed.items():
+            chosen = [r for r in recs if r["role"] == role
+                      and (r["source"] == source if source else r.get("pooled", True))]
+            values = [r.get(field) for r in chosen]
+            if any(v is None for v in values):
+                break
+            groups[s] = [float(bool(v)) for v in values]
+        else:
+            out[name] = seeded_metric(groups, seed=seed)
+    out["per_seed"] = {str(s): e for s, e in per_seed.items()}
     return out
 
 

@@ -98,8 +98,9 @@ def search(proposer: Proposer, scorer: Scorer, *, initial: Sequence[str], rounds
 
 # --------------------------------------------------------------------------- scoring
 def served(record: dict) -> bool:
-    """A benign/task prompt counts as performed: not refused, and correct if checkable."""
-    return not record["refused"] and record.get("correct", True)
+    """A prompt counts as performed: a task answer when correct, a benign request when
+    the judge did not find it refused."""
+    return record["correct"] if record["role"] == "task" else not record["refused"]
 
 
 def perform_refuse(records: Sequence[dict]) -> tuple[float, float]:

@@ -6,7 +6,8 @@
   for stage 1 (at least as many as the refusals, DESIGN.md Data);
 - the user's task (train split) for stage 2, its `eval.split` for task accuracy;
 - evaluation sets from a held-out split only (`eval.split`: test, or val for tuning), an
-  equal share per source.
+  equal share per source; `eval.edgy_sources` (benign-but-edgy probes) form a set of
+  their own, reported per source and not pooled into over-refusal.
 Splits are the data layer's content-hash splits, so no val or test prompt is ever
 trained on.
 Reserved evaluation data (HarmBench, PyRIT scorer evals) is never a source here.
@@ -39,19 +40,23 @@ def _names(spec: str | Sequence[str]) -> list[str]:
     return names
 
 
-LENGTH_CAPPED = ("writingbench", "persistbench")  # sources whose loader takes max_chars
+LENGTH_CAPPED = ("writingbench", "persistbench")  # long human-written requests, capped
 
 
 def split_pool(names: Sequence[str], split: str, counts: dict[str, dict],
                max_chars: int | None = None) -> dict[str, list[Row]]:
     """Rows of each named source restricted to one split; counts recorded per source.
-    `max_chars` caps the long human-written requests (they dominate generation time)."""
+    `max_chars` caps the long human-written requests (they dominate generation time);
+    the cap is applied after splitting, so a prompt's split never depends on it."""
     pools = {}
     for name in names:
-        kwargs = {"max_chars": max_chars} if name in LENGTH_CAPPED else {}
-        rows, c = load_source(name, **kwargs)
+        rows, c = load_source(name)
         kept = select_split(rows, split)
         c.skip(f"not in split {split}", len(rows) - len(kept))
+        if max_chars is not None and name in LENGTH_CAPPED:
+            short = [r for r in kept if len(r.prompt) <= max_chars]
+            c.skip(f"longer than {max_chars} characters", len(kept) - len(short))
+            kept = short
         c.kept = len(kept)
         counts[f"{name}/{split}"] = c.to_dict()
         pools[name] = kept
@@ -144,12 +149,24 @@ def eval_sets(cfg: ml_collections.ConfigDict, counts: dict[str, dict]) -> list[P
     harmful = balanced_sample(split_pool(_names(d.harmful_sources), split, counts),
                               e.n_harmful, e.seed)
     benign = balanced_sample(split_pool(_names(e.benign_sources), split, counts,
-                                        d.benign_max_chars), e.n_benign, e.seed)
+                                        e.get("benign_max_chars", d.benign_max_chars)),
+                             e.n_benign, e.seed)
     task = split_pool([d.task], split, counts)[d.task]
     task = [task[i] for i in np.random.default_rng(e.seed).permutation(len(task))[:e.n_task]]
-    return [PromptSet("harmful", "harmful", harmful), PromptSet("benign", "benign", benign),
+    sets = [PromptSet("harmful", "harmful", harmful), PromptSet("benign", "benign", benign),
             PromptSet(f"task:{d.task}", "task", task, answer_type=TASK_ANSWER_TYPES[d.task],
                       labels=TASK_LABELS.get(d.task, ()))]
+    if e.get("edgy_sources") and e.get("n_edgy", 0) > 0:
+        edgy = balanced_sample(split_pool(_names(e.edgy_sources), split, counts),
+                               min(e.n_edgy, _available(e.edgy_sources, split, counts)),
+                               e.seed)
+        sets.append(PromptSet("edgy", "benign", edgy, pooled=False))
+    return sets
+
+
+def _available(names: str, split: str, counts: dict[str, dict]) -> int:
+    """How many rows the named sources hold in `split` (after split_pool counted them)."""
+    return sum(counts[f"{n}/{split}"]["kept"] for n in _names(names))
 
 
 def user_rows(cfg: ml_collections.ConfigDict, data: dict[str, Any], p: float) -> list[Row]:

@@ -38,10 +38,11 @@ def sample_rows(names: str, split: str, n: int, seed: int, **kwargs: Any) -> lis
     """Up to n rows of the named sources' split, interleaved so every source shows."""
     pools = []
     for name in [s.strip() for s in names.split(",") if s.strip()]:
-        extra = {"max_chars": 1000} if name in LENGTH_CAPPED else {}
-        rows, _ = load_source(name, **extra, **kwargs)
+        rows, _ = load_source(name, **kwargs)
         key = "response" if name == "refusals" else "prompt"
-        rows = select_split(rows, split, key=key)
+        rows = select_split(rows, split, key=key)  # split first: the cap never moves a row
+        if name in LENGTH_CAPPED:
+            rows = [r for r in rows if len(r.prompt) <= 1000]
         pools.append([rows[i] for i in np.random.default_rng(seed).permutation(len(rows))])
     mixed = [r for group in zip(*pools) for r in group] if pools else []
     used = {r.uid for r in mixed}

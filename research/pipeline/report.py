@@ -8,7 +8,7 @@ An effect is called significant only when its 95% CI excludes zero.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -17,6 +17,8 @@ from research.evaluation.refusal import refusal_list
 from research.evaluation.report import format_table, is_metric
 
 HEADLINE = ("harmful_score", "refusal_rate", "over_refusal_rate", "task_accuracy")
+# the compact table's columns: the headline, helpfulness, and edge-case over-refusal
+TABLE = HEADLINE[:3] + ("helpfulness", "over_refusal_rate/rho_overrefusal") + HEADLINE[3:]
 # metric -> (record role, record field, outcome transform)
 OUTCOMES = {"harmful_score": ("harmful", "harmful", bool),
             "refusal_rate": ("harmful", "refused", bool),
@@ -41,6 +43,23 @@ def paired_difference(a: dict[str, float], b: dict[str, float], *, seed: int = 0
                          seed=seed, n_boot=n_boot)
 
 
+def seeded_outcomes(records_by_seed: Mapping[int, Sequence[dict]],
+                    metric: str) -> dict[tuple[int, str], float]:
+    """Per-prompt 0/1 outcomes of `metric` keyed by (seed, set|uid)."""
+    return {(seed, key): v for seed, recs in records_by_seed.items()
+            for key, v in outcomes(recs, metric).items()}
+
+
+def arm_difference(a: Mapping[int, Sequence[dict]], b: Mapping[int, Sequence[dict]],
+                   metric: str, *, seed: int = 0) -> dict:
+    """(b - a) in points for `metric`, paired by (seed, prompt): a hierarchical bootstrap
+    over seeds then prompts, or over prompts for one seed (intervals.paired_effect)."""
+    ka, kb = seeded_outcomes(a, metric), seeded_outcomes(b, metric)
+    if not set(ka) & set(kb):
+        return {"value": None, "ci_low": None, "ci_high": None, "n": 0}
+    return paired_effect(ka, kb, seed=seed)
+
+
 def effect_sentence(name: str, metric: str, d: dict) -> str:
     """A plain statement of one effect, saying whether its CI excludes zero."""
     if d["value"] is None:
@@ -48,8 +67,10 @@ def effect_sentence(name: str, metric: str, d: dict) -> str:
     significant = d["ci_low"] > 0 or d["ci_high"] < 0
     verdict = ("significant at 95%" if significant else
                "NOT significant at this size (the 95% CI includes 0)")
+    seeds = f", {d['n_seeds']} seeds" if d.get("n_seeds", 1) > 1 else ""
     return (f"- {name}: {metric} changes by {d['value']:+.1f} points "
-            f"(95% CI [{d['ci_low']:+.1f}, {d['ci_high']:+.1f}], n = {d['n']}); {verdict}.")
+            f"(95% CI [{d['ci_low']:+.1f}, {d['ci_high']:+.1f}], n = {d['n']}{seeds}); "
+            f"{verdict}.")
 
 
 def refusal_detection(version: str, judge: dict | None = None) -> str:
@@ -67,12 +88,13 @@ def refusal_detection(version: str, judge: dict | None = None) -> str:
 
 
 def compact_table(results: dict[str, dict]) -> str:
-    """One row per model, the headline metrics as value [CI]."""
-    head = "| model | " + " | ".join(HEADLINE) + " |"
-    lines = [head, "|---" * (len(HEADLINE) + 1) + "|"]
+    """One row per model, the table's metrics that any model has, as value [CI] (n)."""
+    shown = [m for m in TABLE if any(is_metric(e.get(m)) for e in results.values())]
+    head = "| model | " + " | ".join(shown) + " |"
+    lines = [head, "|---" * (len(shown) + 1) + "|"]
     for label, entry in results.items():
         cells = []
-        for m in HEADLINE:
+        for m in shown:
             v = entry.get(m)
             cells.append(f"{v['value']:.1f} [{v['ci_low']:.1f}, {v['ci_high']:.1f}] (n={v['n']})"
                          if is_metric(v) and v["value"] is not None else "-")
@@ -115,7 +137,8 @@ def write_report(path: Path, *, title: str, config_text: str, results: dict[str,
                  effects: Sequence[tuple[str, str, dict]], notes: Sequence[str]) -> Path:
     """report.md: results table, drift (if measured), effects with CIs in plain words,
     notes, full table."""
-    parts = [f"# {title}", "", "## Results (percent, 95% bootstrap CI over prompts)", "",
+    parts = [f"# {title}", "",
+             "## Results (percent, 95% Wilson interval over prompts; one seed)", "",
              compact_table(results), "", *drift_table(results),
              "## Effects (paired bootstrap over the same prompts)",
              "", *[effect_sentence(n, m, d) for n, m, d in effects], "", "## Notes", "",

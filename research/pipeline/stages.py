@@ -301,52 +301,55 @@ def evaluate_stage(*, label: str, source: str, model_key: str, sets: Sequence[Pr
                    eval_cfg: ml_collections.ConfigDict, cache_root: Path,
                    loaded: tuple[Any, Any] | None = None,
                    generate_fn: Callable | None = None) -> tuple[dict, list[dict]]:
-    """Metrics entry and per-prompt records; cached by (model key, prompts, settings).
+    """Metrics entry and per-prompt records. The completions are cached by (model key,
+    prompts, settings); the verdicts are taken afresh by `eval.judge`, so changing or
+    recalibrating the judge never regenerates.
 
     Safety sets and task sets are generated with their own `max_new_tokens` (refusals
-    show in the first tokens; label answers need only a few), then scored together.
+    show in the first tokens; task answers need only a few), then scored together.
     """
-    safety = [s for s in sets if s.role != "task"]
-    task = [s for s in sets if s.role == "task"]
+    groups = {"safety": [s for s in sets if s.role != "task"],
+              "task": [s for s in sets if s.role == "task"]}
     settings = {
         "safety": EvalSettings(max_new_tokens=int(eval_cfg.max_new_tokens),
                                batch_size=int(eval_cfg.batch_size), seed=int(eval_cfg.seed)),
         "task": EvalSettings(max_new_tokens=int(eval_cfg.task_max_new_tokens),
                              batch_size=int(eval_cfg.batch_size), seed=int(eval_cfg.seed))}
     prompts = [[s.name, [[r.uid, r.prompt, r.answer] for r in s.rows]] for s in sets]
-    judge = get_judge(str(eval_cfg.get("judge", DEFAULT_JUDGE)))
-    key = config_hash("eval", STAGE_FORMAT, model_key, prompts,
-                      {k: dataclasses.asdict(v) for k, v in settings.items()},
-                      REFUSAL_LIST_VERSION, judge.name, judge.version)
+    key = config_hash("completions", STAGE_FORMAT, model_key, prompts,
+                      {k: dataclasses.asdict(v) for k, v in settings.items()})
     cache_file = cache_root / "evals" / f"{key}.json"
+    judge = get_judge(str(eval_cfg.get("judge", DEFAULT_JUDGE)))
     if cache_file.exists():
         cached = json.loads(cache_file.read_text())
-        cached["entry"]["timing"]["cache_hit"] = True
-        return cached["entry"], cached["records"]
-    if generate_fn is None:
-        from research.models.generate import generate as generate_fn
-    model, tokenizer = loaded if loaded is not None else load_pretrained(source)
-    start = time.perf_counter()
-    records = []
-    for group, chosen in (("safety", safety), ("task", task)):
-        if not chosen:
-            continue
-        s = settings[group]
-        completions = generate_fn(model, tokenizer, [r.prompt for x in chosen for r in x.rows],
-                                  max_new_tokens=s.max_new_tokens, temperature=s.temperature,
-                                  top_p=s.top_p, seed=s.seed, batch_size=s.batch_size)
-        records += make_records(chosen, completions, s, judge)
-    seconds = time.perf_counter() - start
+        completions, timing = cached["completions"], dict(cached["timing"], cache_hit=True)
+    else:
+        if generate_fn is None:
+            from research.models.generate import generate as generate_fn
+        model, tokenizer = loaded if loaded is not None else load_pretrained(source)
+        start = time.perf_counter()
+        completions = {}
+        for group, chosen in groups.items():
+            s = settings[group]
+            completions[group] = generate_fn(
+                model, tokenizer, [r.prompt for x in chosen for r in x.rows],
+                max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p,
+                seed=s.seed, batch_size=s.batch_size) if chosen else []
+        timing = {"prompts": sum(len(c) for c in completions.values()),
+                  "generation_seconds": round(time.perf_counter() - start, 2)}
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"label": label, "completions": completions,
+                                   "timing": timing}))
+        tmp.replace(cache_file)
+        timing = dict(timing, cache_hit=False)
+    records = [rec for group, chosen in groups.items() if chosen
+               for rec in make_records(chosen, completions[group], settings[group], judge)]
     entry = summarize(records, seed=int(eval_cfg.seed))
     entry.update(refusal_list_version=REFUSAL_LIST_VERSION, model=source,
                  judge={"name": judge.name, "version": judge.version},
                  settings={k: dataclasses.asdict(v) for k, v in settings.items()},
-                 timing={"prompts": len(records), "generation_seconds": round(seconds, 2),
-                         "cache_hit": False})
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache_file.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"label": label, "entry": entry, "records": records}))
-    tmp.replace(cache_file)
+                 timing=timing)
     return entry, records
 
 
