@@ -26,7 +26,7 @@ from typing import Any, Callable, Sequence
 
 import ml_collections
 
-from research.analysis.drift import drift_result
+from research.analysis.drift import drift_result, paired_drift_difference
 from research.data.rows import Row
 from research.pipeline import data as study_data
 from research.pipeline import report
@@ -212,8 +212,9 @@ def study_effects(records: dict[str, dict[int, list[dict]]], variants: dict[str,
 def ema_anchor_notes(variants: dict[str, dict], mode: str) -> list[str]:
     """How much of the starting weights each track-mode EMA average still holds
     (beta^steps): an EMA effect after few steps mostly shows how little the average has
-    moved. (In pull mode the weights are the start plus (1 - beta) times the summed
-    updates, so there is no such share to state.)"""
+    moved. (In pull mode the averaged fast weights are themselves pulled toward the
+    average, so beta^steps does not measure how far it is held at the start, and no
+    note is given.)"""
     if mode != "track":
         return []
     arms: dict[tuple[float, int], list[str]] = {}
@@ -273,7 +274,24 @@ def write_outputs(cfg: ml_collections.ConfigDict, run: RunFolder, results: dict,
     report.write_report(run.path / "report.md", title=cfg.run.title,
                         config_text=cfg.to_json_best_effort(indent=2), results=results,
                         effects=study_effects(records, variants, arms, reference),
-                        notes=notes)
+                        notes=notes, more_effects=drift_effects(results, variants, arms,
+                                                                reference))
+
+
+def drift_effects(results: dict, variants: dict[str, dict], arms: Sequence[str],
+                  reference: str | None) -> list[str]:
+    """Each arm's fine-tune vs the `reference` arm's at the same cell: the paired
+    difference of relative drift on the same examples (first seed's curves)."""
+    lines = []
+    for label, v in variants.items():
+        base = variant_label(reference, v["p"], v["ema"]) if reference else None
+        if v["start"] not in arms or v["start"] == reference or base not in results:
+            continue
+        a, b = (results[x].get("harmful_drift", {}).get("per_example") for x in (base, label))
+        if a and b and "ref_sum_sq" in a and "ref_sum_sq" in b:
+            lines.append(report.drift_effect_sentence(f"{label} vs {base}",
+                                                      paired_drift_difference(a, b)))
+    return lines
 
 
 if __name__ == "__main__":

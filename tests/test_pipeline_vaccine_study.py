@@ -58,6 +58,7 @@ def test_both_arms_are_aligned_attacked_and_compared_in_one_report(study):
     for metric in ("harmful_score", "task_accuracy"):
         assert f"vaccine+ft(p=0.25) vs sft+ft(p=0.25): {metric} changes by" in report
     assert "2 seeds)" in report and "Seeds per arm: 2 (0, 1)" in report
+    assert "vaccine+ft(p=0.25) vs sft+ft(p=0.25): relative harmful embedding drift" in report
     assert "vaccine = vaccine" in report and "rho" in report
     for plot in ("by_method_and_p.png", "drift.png"):
         assert (path / "plots" / plot).stat().st_size > 0

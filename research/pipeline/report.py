@@ -73,6 +73,16 @@ def effect_sentence(name: str, metric: str, d: dict) -> str:
             f"{verdict}.")
 
 
+def drift_effect_sentence(name: str, d: dict) -> str:
+    """A plain statement of a paired relative-drift difference (analysis.drift)."""
+    significant = d["ci_low"] > 0 or d["ci_high"] < 0
+    verdict = ("significant at 95%" if significant else
+               "NOT significant at this size (the 95% CI includes 0)")
+    return (f"- {name}: relative harmful embedding drift changes by {d['value']:+.4f} "
+            f"(95% CI [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}], n = {d['n']} examples, "
+            f"paired); {verdict}.")
+
+
 def refusal_detection(version: str, judge: dict | None = None) -> str:
     """How verdicts were reached, for a report's notes: the judge, its measured
     agreement with the calibration set, and the keyword list version recorded beside."""
@@ -120,28 +130,33 @@ def drift_table(results: dict[str, dict]) -> list[str]:
              f"activations on {d0['examples']} alignment examples{skipped} (harmful "
              "prompts with refusals), over real tokens: `l2_total` is the L2 norm of the "
              "stacked difference (the paper's measure), `sum_sq_total` the sum of squared "
-             "norms, i.e. l2_total squared (the reference code's measure); 95% CI: "
+             "norms, i.e. l2_total squared (the reference code's measure), `relative` "
+             "= `||dh|| / ||h_ref||`, l2_total over the L2 norm of the starting model's "
+             "activations at the same site and tokens (comparable across starts); 95% CI: "
              "percentile bootstrap over the examples. Alignment loss: mean response "
              "cross-entropy on the same examples.",
-             "", "| model | l2_total [95% CI] | sum_sq_total [95% CI] | l2 per layer | "
-             "alignment loss |", "|---|---|---|---|---|"]
+             "", "| model | l2_total [95% CI] | relative [95% CI] | sum_sq_total [95% CI] | "
+             "l2 per layer | alignment loss |", "|---|---|---|---|---|---|"]
     for label, d in rows:
         layers = ", ".join(f"{x:.3g}" for x in d["l2_per_layer"])
-        lines.append(f"| {label} | {_ci(d['l2_total'], '.4g')} | "
+        relative = _ci(d["relative_total"], ".4g") if "relative_total" in d else "-"
+        lines.append(f"| {label} | {_ci(d['l2_total'], '.4g')} | {relative} | "
                      f"{_ci(d['sum_sq_total'], '.4g')} | {layers} | "
                      f"{d['alignment_loss']:.4f} |")
     return lines + [""]
 
 
 def write_report(path: Path, *, title: str, config_text: str, results: dict[str, dict],
-                 effects: Sequence[tuple[str, str, dict]], notes: Sequence[str]) -> Path:
-    """report.md: results table, drift (if measured), effects with CIs in plain words,
-    notes, full table."""
+                 effects: Sequence[tuple[str, str, dict]], notes: Sequence[str],
+                 more_effects: Sequence[str] = ()) -> Path:
+    """report.md: results table, drift (if measured), effects with CIs in plain words
+    (then `more_effects`, already written lines), notes, full table."""
     parts = [f"# {title}", "",
              "## Results (percent, 95% Wilson interval over prompts; one seed)", "",
              compact_table(results), "", *drift_table(results),
              "## Effects (paired bootstrap over the same prompts)",
-             "", *[effect_sentence(n, m, d) for n, m, d in effects], "", "## Notes", "",
+             "", *[effect_sentence(n, m, d) for n, m, d in effects], *more_effects, "",
+             "## Notes", "",
              *[f"- {n}" for n in notes], "", "## All metrics (incl. per-source breakdowns)",
              "", format_table(results), "", "## Config", "", "```", config_text, "```", ""]
     path.write_text("\n".join(parts), encoding="utf-8")

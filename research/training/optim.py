@@ -5,7 +5,8 @@ Config fields (`optimizer` block of an experiment config; defaults in `default_c
   warmup_steps (int) or warmup_ratio (fraction of total_steps); total_steps;
   weight_decay (AdamW, skipped on norm scales and biases, as HF Trainer does);
   b1, b2, eps (AdamW); momentum, nesterov (SGD);
-  ema_beta (0 disables the parameter EMA), ema_mode: "track" | "pull".
+  ema_beta (0 disables the parameter EMA), ema_mode: "track" | "pull",
+  ema_pull, ema_pull_every (pull mode's factor and period; research.training.ema).
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ def default_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(
         name="adamw", lr=1e-3, schedule="cosine", warmup_steps=-1, warmup_ratio=0.1,
         total_steps=100, weight_decay=0.1, b1=0.9, b2=0.999, eps=1e-8,
-        momentum=0.0, nesterov=False, ema_beta=0.0, ema_mode="track"))
+        momentum=0.0, nesterov=False, ema_beta=0.0, ema_mode="track",
+        ema_pull=0.5, ema_pull_every=1))
 
 
 def warmup_steps(cfg: ml_collections.ConfigDict) -> int:
@@ -81,5 +83,7 @@ def make_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformati
         opt = optax.sgd(schedule, momentum=momentum, nesterov=cfg.get("nesterov", False))
     beta = float(cfg.get("ema_beta", 0.0))
     if beta > 0.0:
-        opt = optax.chain(opt, parameter_ema(beta, cfg.get("ema_mode", "track")))
+        opt = optax.chain(opt, parameter_ema(beta, cfg.get("ema_mode", "track"),
+                                             pull=float(cfg.get("ema_pull", 0.5)),
+                                             pull_every=cfg.get("ema_pull_every", 1)))
     return opt
