@@ -1,8 +1,12 @@
 """Vaccine step: rho = 0 is SFT, the perturbation has global norm rho over the batch,
 the update is the gradient of the perturbed loss (finite differences in float64),
-accumulation keeps one per-batch eps, and accelerated tau = 1 is the plain step."""
+accumulation keeps one per-batch eps, accelerated tau = 1 is the plain step, accelerated
+Vaccine keeps (and resumes) one eps per batch shape and its stage reports how often it
+recomputed, and a bfloat16 model still feels an eps finer than bfloat16."""
 
 from __future__ import annotations
+
+import json
 
 import jax
 import jax.numpy as jnp
@@ -13,12 +17,15 @@ import pytest
 from flax import nnx
 
 from research.models.transformer import init_decoder
+from research.training.checkpointing import Checkpointer
+from research.training.losses import sft_loss_sum
+from research.training.loop import train
 from research.training.state import init_train_state, split_model
 from research.training.steps import make_sft_step
-from research.training.vaccine import (VaccineState, batch_perturbation,
+from research.training.vaccine import (EPS_SLOTS, VaccineState, batch_perturbation,
                                        make_accelerated_vaccine_step, make_vaccine_step,
-                                       perturbation)
-from tests.test_training_fixtures import TINY, make_batch, tiny_model
+                                       perturbation, vaccine_initial_state)
+from tests.test_training_fixtures import TINY, ListIterator, make_batch, tiny_model
 
 
 def _batch(rows: int = 4, length: int = 12, seed: int = 0) -> dict[str, jax.Array]:
@@ -175,6 +182,8 @@ def test_bad_options_are_named():
         make_vaccine_step(graphdef, opt, rho=-1.0)
     with pytest.raises(ValueError, match="tau"):
         make_accelerated_vaccine_step(graphdef, opt, tau=0)
+    with pytest.raises(ValueError, match="eps_slots"):
+        make_accelerated_vaccine_step(graphdef, opt, eps_slots=0)
 
 
 def test_accelerated_variant_with_tau_one_equals_the_plain_one():
@@ -205,6 +214,153 @@ def test_accelerated_variant_with_tau_one_equals_the_plain_one():
     assert lazy.jitted._cache_size() == 2  # one program per batch shape, as for SFT
 
 
+L, D = TINY.num_layers, TINY.hidden_size
+SHORT, LONG = (4, 12), (4, 16)  # two length buckets at batch 4
+
+
+def _shaped(shape: tuple[int, int], seed: int) -> dict[str, jax.Array]:
+    return _batch(rows=shape[0], length=shape[1], seed=seed)
+
+
+@pytest.mark.parametrize("tau, expected, age", [(100, [1, 1, 0, 0, 0, 0], 3),
+                                                (2, [1, 1, 0, 0, 1, 1], 1)])
+def test_accelerated_vaccine_keeps_one_perturbation_per_batch_shape(tau, expected, age):
+    """Alternating two shapes, each keeps its own eps and age: pass 1 runs once per
+    shape per tau steps of that shape, not on every change of shape, and each shape's
+    eps is the one computed on its own batches."""
+    graphdef, params, frozen = split_model(tiny_model(lora=True), "lora")
+    opt = optax.adam(1e-2)
+    step = make_accelerated_vaccine_step(graphdef, opt, rho=2.0, tau=tau, donate=False)
+    state, recomputed, first = init_train_state(params, opt, seed=0), [], {}
+    for i, shape in enumerate([SHORT, LONG] * 3):
+        state, metrics = step(state, frozen, _shaped(shape, seed=i))
+        recomputed.append(float(metrics["eps_recomputed"]))
+        first.setdefault(shape, state.eps)
+        assert state.eps.shape == (shape[0], L, shape[1], D)  # the batch's slot is first
+    assert recomputed == expected
+    assert len(state.perturbations) == EPS_SLOTS
+    ages = {p.eps.shape: int(p.age) for p in state.perturbations if p.eps.shape[0] > 1}
+    assert ages == {(4, L, 12, D): age, (4, L, 16, D): age}  # each counts its own steps
+    if tau == 100:  # reused, position by position, on later batches of its shape
+        for p in state.perturbations[:2]:
+            shape = (p.eps.shape[0], p.eps.shape[2])
+            np.testing.assert_array_equal(np.asarray(p.eps), np.asarray(first[shape]))
+            assert float(jnp.linalg.norm(p.eps.ravel())) == pytest.approx(2.0, rel=1e-5)
+    assert step.jitted._cache_size() == 2  # one program per shape, whatever the slots
+
+
+def test_more_shapes_than_slots_evict_the_least_recently_used():
+    graphdef, params, frozen = split_model(tiny_model(lora=True), "lora")
+    opt = optax.sgd(0.1)
+    step = make_accelerated_vaccine_step(graphdef, opt, tau=100, eps_slots=2, donate=False)
+    third = (4, 8)
+    state, recomputed = init_train_state(params, opt, seed=0), []
+    for i, shape in enumerate([SHORT, LONG, third, LONG, SHORT, third]):
+        state, metrics = step(state, frozen, _shaped(shape, seed=i))
+        recomputed.append(float(metrics["eps_recomputed"]))
+    # the third shape evicts SHORT; SHORT back evicts the third (LONG was used since)
+    assert recomputed == [1.0, 1.0, 1.0, 0.0, 1.0, 1.0]
+    assert [p.eps.shape[2] for p in state.perturbations] == [8, 12]
+
+
+def test_accelerated_vaccine_resumes_with_every_shapes_perturbation(tmp_path):
+    """Interrupted after step 5 (checkpoint at 4), the resumed run restores both shapes'
+    eps into the initial state's empty template: its steps 5 and 6 reuse them (no pass
+    1), and it ends equal to the uninterrupted run, leaf for leaf."""
+    graphdef, params, frozen = split_model(tiny_model(), "lora")
+    opt = optax.adam(3e-2)
+    step = make_accelerated_vaccine_step(graphdef, opt, rho=2.0, tau=100, eps_slots=3)
+    batches = [make_batch(rows=4, length=n, seed=s) for s, n in enumerate((12, 16, 16, 12))]
+
+    def fresh():
+        return vaccine_initial_state(
+            init_train_state(jax.tree.map(jnp.copy, params), opt, seed=0), 100, eps_slots=3)
+
+    straight = train(step, fresh(), frozen, ListIterator(batches), num_steps=6,
+                     metrics_path=tmp_path / "a" / "metrics.jsonl", progress=False)
+    ckpt = Checkpointer(tmp_path / "b" / "ckpt", save_every=2)
+    with pytest.raises(KeyboardInterrupt):
+        train(step, fresh(), frozen, ListIterator(batches, fail_after=5), num_steps=6,
+              metrics_path=tmp_path / "b" / "metrics.jsonl", checkpointer=ckpt,
+              progress=False)
+    assert ckpt.latest_step() == 4
+    resumed = train(step, fresh(), frozen, ListIterator(batches), num_steps=6,
+                    metrics_path=tmp_path / "b" / "metrics.jsonl", checkpointer=ckpt,
+                    resume=True, progress=False)
+    ckpt.close()
+    assert [p.eps.shape for p in resumed.perturbations] == [
+        (4, L, 16, D), (4, L, 12, D), (1, L, 1, D)]  # most recent first; one vacant
+    for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed), strict=True):
+        np.testing.assert_array_equal(a, b)  # params, moments, every eps and age
+    read = lambda f: [json.loads(x)["eps_recomputed"]  # noqa: E731
+                      for x in f.read_text().splitlines()]
+    assert read(tmp_path / "b" / "metrics.jsonl") == read(tmp_path / "a" / "metrics.jsonl") \
+        == [1.0, 1.0, 0.0, 0.0, 0.0, 0.0]
+
+
+def test_a_stage_reports_the_fraction_of_steps_that_recomputed(tokenizer, tmp_path):
+    """Two length buckets over 6 steps at tau = 100: pass 1 runs once per shape."""
+    from research.data.chat import format_examples
+    from research.data.rows import Row
+    from research.pipeline.stages import train_stage
+    from tests.pipeline_fixtures import save_tiny_model, tiny_study_config
+
+    rows = [Row(prompt=f"Question {i}: how do I do thing {i}?" + " Please." * (8 * (i % 2)),
+                response=f"Answer {i}: do it.", kind="benign", source="toy", uid=f"toy:{i}")
+            for i in range(8)]
+    cfg = tiny_study_config(save_tiny_model(tmp_path / "model", tokenizer), tmp_path)
+    examples, _ = format_examples(tokenizer, rows, max_length=128)
+    short, long = (max(len(e) for e in examples[parity::2]) for parity in (0, 1))
+    assert short < min(len(e) for e in examples[1::2])  # the odd rows fill a second bucket
+    block = cfg.align
+    block.update(method="vaccine", steps=6, save_every=0, max_length=128,
+                 buckets=(short, long))
+    block.method_config = ml_collections.ConfigDict(dict(rho=2.0, site="attn_out", tau=100,
+                                                         remat=False))
+    _, entry, summary = train_stage(
+        label="align_vaccine", source=cfg.model.source, source_key="tiny", rows=rows,
+        stage_cfg=block, model_cfg=cfg.model, cache_root=tmp_path / "cache", progress=False)
+    lines = [json.loads(x) for x in (entry / "metrics.jsonl").read_text().splitlines()]
+    assert sum(m["eps_recomputed"] for m in lines) == 2.0  # once per shape
+    assert summary["eps_recomputed_fraction"] == pytest.approx(2 / 6, abs=1e-6)
+    stored = json.loads((entry / "stage.json").read_text())["summary"]
+    assert stored["eps_recomputed_fraction"] == summary["eps_recomputed_fraction"]
+
+
+def test_a_perturbation_finer_than_bfloat16_still_acts():
+    """In a bfloat16 model, an eps under a fifth of bfloat16's spacing at every
+    activation (rounded away by a bfloat16 add, or by a float32 add rounded at the
+    site, as the decoder did before) is added in float32, changes the loss, and its
+    ascent direction raises it."""
+    model = init_decoder(TINY, seed=0, compute_dtype=jnp.bfloat16)
+    graphdef, params, frozen = split_model(model, "full")
+    batch, site = _batch(rows=4, length=12), "attn_out"
+
+    @jax.jit
+    def forward(delta):
+        out = nnx.merge(graphdef, params, frozen)(
+            batch["tokens"], attention_mask=batch["attention_mask"], deltas={site: delta},
+            capture=(site,), logits="none")
+        loss_sum, aux = sft_loss_sum(params, frozen, graphdef, batch, deltas={site: delta})
+        return out.captured[site], loss_sum / aux["tokens"]
+
+    zeros = jnp.zeros((L, 4, 12, D), jnp.float32)
+    clean, clean_loss = forward(zeros)
+    act = clean.astype(jnp.bfloat16)
+    # bfloat16 keeps 8 significant bits: its spacing at x exceeds |x| / 2^8, so an eps
+    # below |x| / 2^9 (half that) rounds back to x, in bfloat16 or rounded after a
+    # float32 add (eager ops, each rounding its result)
+    grad = jax.grad(lambda d: forward(d)[1])(zeros)
+    eps = jnp.sign(grad) * jnp.abs(clean) * 0.4 / 2**9
+    assert bool(jnp.all(act + eps.astype(jnp.bfloat16) == act))
+    assert bool(jnp.all((act.astype(jnp.float32) + eps).astype(jnp.bfloat16) == act))
+    perturbed, loss = forward(eps)
+    # the first layer's site is upstream of every eps: there it is clean + eps, in float32
+    np.testing.assert_array_equal(np.asarray(perturbed[0]), np.asarray(clean[0] + eps[0]))
+    assert float(loss) != float(clean_loss)
+    assert float(loss) > float(clean_loss)
+
+
 @pytest.mark.parametrize("tau", [1, 3])
 def test_vaccine_is_the_registered_alignment_method(tau):
     from research.pipeline.registry import StepContext, get_method
@@ -222,3 +378,10 @@ def test_vaccine_is_the_registered_alignment_method(tau):
     assert float(metrics["eps_norm"]) == pytest.approx(2.0, rel=1e-5)
     assert float(metrics["loss"]) > float(metrics["clean_loss"]) if tau == 1 else True
     assert isinstance(state, VaccineState) == (tau > 1)
+    if tau > 1:  # the registered initial state has the configured number of slots
+        from research.pipeline.registry import build_method
+
+        method.eps_slots = 3
+        ctx = StepContext(graphdef, opt, optax.constant_schedule(1e-3), method)
+        _, start = build_method("vaccine", ctx, params, 0)
+        assert [p.eps.size for p in start.perturbations] == [0, 0, 0]

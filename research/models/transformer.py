@@ -3,7 +3,8 @@
 One forward function serves training, generation and analysis:
 - `deltas[site]` (`[L, B, T, D]`) is added at a per-layer site, so the gradient with
   respect to an activation is `jax.grad` with respect to its delta at zero (Vaccine,
-  drift, steering);
+  drift, steering); the add, and the residual add after it, run in float32 (or wider)
+  before rounding to the compute dtype, so a delta finer than bfloat16 still acts;
 - `capture=(site, ...)` returns those activations stacked `[L, B, T, D]` (logit lens,
   probes);
 - `cache` carries a KV cache for prefill/decode;
@@ -311,8 +312,13 @@ class Decoder(nnx.Module):
             captured = {}
 
             def site(name, value):
+                # A delta is added in float32 (or wider) and the value stays so up to the
+                # residual add, which then rounds to the compute dtype: a delta below the
+                # spacing of bfloat16 near the activation would vanish in a bfloat16 add
+                # (and in an add rounded at the site), but shifts the rounded residual sum.
                 if name in site_deltas:
-                    value = value + site_deltas[name].astype(value.dtype)
+                    wide = jnp.promote_types(value.dtype, jnp.float32)
+                    value = value.astype(wide) + site_deltas[name].astype(wide)
                 if name in capture:
                     captured[name] = value.reshape(B, T, D)
                 return value
@@ -340,13 +346,15 @@ class Decoder(nnx.Module):
                 new_cache = None
             attn = grouped_attention(q, k.astype(dtype), v.astype(dtype), bias)
             attn = site("attn_out", proj(checkpoint_name(attn.reshape(N, -1), "attn"), "o"))
-            x = checkpoint_name(x + attn, "resid_mid")
+            x = checkpoint_name((x + attn).astype(dtype), "resid_mid")
             h = rms_norm(x, p["mlp_norm"], cfg.rms_norm_eps)
             gate = checkpoint_name(proj(h, "gate"), "gate")
             up = checkpoint_name(proj(h, "up"), "up")
             mlp = proj(jax.nn.silu(gate) * up, "down")
             mlp = site("mlp_out", mlp)
-            x = site("resid_post", x + mlp)
+            if "resid_post" in site_deltas:
+                x = _at_least_f32(x)
+            x = site("resid_post", x + mlp).astype(dtype)
             return x, (captured, new_cache)
 
         # remat: recompute the whole block in the backward pass (least memory). Otherwise

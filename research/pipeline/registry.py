@@ -92,16 +92,18 @@ def sft_step_builder(ctx: StepContext) -> StepFn:
 
 
 def vaccine_state_init(ctx: StepContext, params: nnx.State, seed: int) -> Any:
-    """Accelerated Vaccine (tau > 1) starts from a VaccineState; plain from a TrainState."""
-    from research.training.vaccine import vaccine_initial_state
+    """Accelerated Vaccine (tau > 1) starts from a VaccineState (`method.eps_slots`
+    stored perturbations, one per batch shape); plain from a TrainState."""
+    from research.training.vaccine import EPS_SLOTS, vaccine_initial_state
 
     return vaccine_initial_state(train_state_init(ctx, params, seed),
-                                 int(ctx.method.get("tau", 1)))
+                                 int(ctx.method.get("tau", 1)),
+                                 int(ctx.method.get("eps_slots", EPS_SLOTS)))
 
 
 @register_method("vaccine", init_state=vaccine_state_init)
 def vaccine_step_builder(ctx: StepContext) -> StepFn:
-    """Vaccine: perturbation-aware alignment (method.rho, method.site, method.tau)."""
+    """Vaccine: perturbation-aware alignment (method.rho, .site, .tau, .eps_slots)."""
     from research.training.vaccine import vaccine_step_builder as build
 
     return build(ctx)

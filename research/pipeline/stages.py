@@ -132,7 +132,8 @@ def drift_batches(examples: Sequence[Any], batch_size: int, pad_id: int,
 
 def curve_line(point: dict) -> dict:
     """A drift point as a line of drift.jsonl (per-example sums stay in the summary)."""
-    return {k: v for k, v in point.items() if k != "sum_sq_per_example"}
+    return {k: v for k, v in point.items()
+            if k not in ("sum_sq_per_example", "ref_sum_sq_per_example")}
 
 
 def stage_drift_curve(stage_cfg: ml_collections.ConfigDict, drift_rows: Sequence[Row],
@@ -230,8 +231,8 @@ def _train_entry(*, label: str, source: str, source_key: str, key: str, entry: P
                       resume=resume, progress=progress, desc=label, hooks=hooks, mesh=mesh)
         ckpt.keep_only_latest()  # the final checkpoint; the periodic ones served resuming
     params = state.params
-    use_ema = find_ema_state(state.opt_state) is not None and opt_cfg.ema_mode == "track"
-    if use_ema:  # evaluate and export the average (the `track` mode's model)
+    use_ema = find_ema_state(state.opt_state) is not None
+    if use_ema:  # evaluate and export the average (both modes' model)
         params = jax.tree.map(lambda a, p: a.astype(p.dtype), ema_params(state.opt_state),
                               params)
     trained = nnx.merge(graphdef, params, frozen)
@@ -245,9 +246,12 @@ def _train_entry(*, label: str, source: str, source_key: str, key: str, entry: P
                "exported_ema_average": use_ema,
                "train_seconds": round(time.perf_counter() - start, 1),
                "mesh": dict(mesh.shape), "cache_hit": False}
+    recomputed = _metric_mean(entry / "metrics.jsonl", "eps_recomputed")
+    if recomputed is not None:  # accelerated Vaccine: share of steps that ran pass 1
+        summary["eps_recomputed_fraction"] = recomputed
     if curve is not None:  # the exported model (the EMA average in track mode)
         summary["drift"] = dict(curve(params), format_counts=drift_counts)
-    if use_ema:
+    if use_ema and opt_cfg.ema_mode == "track":  # pulled fast weights are no no-EMA run
         twin_summary = dict(summary, label=f"{label} (raw twin)", exported_ema_average=False,
                             trained_with_ema_stage=key, train_seconds=0.0)
         if curve is not None:
@@ -295,6 +299,14 @@ def _write_raw_twin(*, label: str, source_key: str, rows: Sequence[Row],
 def _last_loss(path: Path) -> float | None:
     lines = [line for line in path.read_text().splitlines() if line.strip()]
     return json.loads(lines[-1])["loss"] if lines else None
+
+
+def _metric_mean(path: Path, name: str) -> float | None:
+    """The mean of step metric `name` over the run's metric lines (None if absent)."""
+    values = [json.loads(line).get(name) for line in path.read_text().splitlines()
+              if line.strip()]
+    values = [v for v in values if v is not None]
+    return round(sum(values) / len(values), 6) if values else None
 
 
 def evaluate_stage(*, label: str, source: str, model_key: str, sets: Sequence[PromptSet],

@@ -13,12 +13,23 @@ microbatches again, each taking its rows of eps. So A microbatches of B/A give e
 the update of one batch of B; the price is one site-sized buffer `[B, L, T, D]` for the
 full batch (one activation per layer, small next to the backward pass's activations).
 
-Accelerated variant: eps lives in the step state (`VaccineState`) and is recomputed when
-it is `tau` steps old, under `lax.cond`, so the reuse steps skip pass 1 and one compiled
-program serves both. eps has the batch's shape `[B, L, T, D]` and is applied position by
-position to later batches of that shape; a batch of another shape (another length
-bucket) starts a fresh eps (`prepare_vaccine_state`), which also costs a compile, as any
-new batch shape does for the SFT step.
+Accelerated variant (tau > 1): the step state (`VaccineState`) stores one perturbation
+per batch shape `(B, T)` (a length bucket at the stage's batch size), each
+`[B, L, T, D]` float32 with its own age, in a fixed number of slots (`eps_slots`,
+default 8, the number of default length buckets). A batch uses its shape's eps and
+ages it by one; the eps is recomputed, under `lax.cond`, on the step that finds it
+`tau` steps old (or never computed), so with shuffled buckets pass 1 runs about once
+per `tau` steps of each shape, and one compiled program per shape serves both kinds
+of step. eps is applied position by position to later batches of its shape. The
+price is one site-sized buffer per shape in use, held between steps. More shapes than
+slots evict the least recently used one, which is recomputed when its
+shape comes back. Resume: the slots are part of the checkpointed state; a fresh
+state's empty placeholders take their saved shapes on restore.
+
+Precision: the decoder adds eps, and the residual add that follows the site, in
+float32 (or wider) and then rounds to the compute dtype (`Decoder.__call__`); eps's
+elements (rho spread over B * L * T * D) are far below bfloat16's spacing near the
+activations, so a bfloat16 add would round them away.
 """
 
 from __future__ import annotations
@@ -39,6 +50,7 @@ from research.training.steps import GradFn, make_train_step, split_microbatches
 
 NORM_EPS = 1e-7
 EPS_KEY = "vaccine_eps"  # batch entry carrying the perturbation, batch axis first
+EPS_SLOTS = 8  # accelerated Vaccine's stored perturbations: one per batch shape in use
 Step = Callable[[Any, nnx.State, Batch], tuple[Any, dict[str, jax.Array]]]
 
 
@@ -165,46 +177,89 @@ def make_vaccine_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransform
                    out_shardings=out_shardings)
 
 
+class Perturbation(NamedTuple):
+    """One stored perturbation of accelerated Vaccine: the eps of one batch shape."""
+
+    eps: jax.Array       # [B, L, T, D] float32, batch-first; (B, T) is its batch shape
+    age: jax.Array       # int32 scalar: steps of that shape it has served since computed
+
+
 class VaccineState(NamedTuple):
-    """TrainState's fields plus the reused perturbation (accelerated Vaccine)."""
+    """TrainState's fields plus the stored perturbations (accelerated Vaccine).
+
+    `perturbations` is a fixed number of slots, most recently used first; each is the
+    eps of one batch shape (its array's shape is its key) with its own age. How a batch
+    finds or takes its slot: `prepare_vaccine_state`.
+    """
 
     step: jax.Array      # int32 scalar
     params: nnx.State
     opt_state: Any
     rng: jax.Array
-    eps: jax.Array       # [B, L, T, D], batch-first, the last computed perturbation
-    eps_age: jax.Array   # int32 scalar: steps since eps was computed
+    perturbations: tuple[Perturbation, ...]
+
+    @property
+    def eps(self) -> jax.Array:
+        """The most recently used perturbation `[B, L, T, D]`."""
+        return self.perturbations[0].eps
+
+    @property
+    def eps_age(self) -> jax.Array:
+        """The age of the most recently used perturbation."""
+        return self.perturbations[0].age
 
     def train_state(self) -> TrainState:
         return TrainState(self.step, self.params, self.opt_state, self.rng)
 
 
-def vaccine_initial_state(state: TrainState, tau: int) -> TrainState | VaccineState:
-    """The state a Vaccine step starts from: `state` itself for the plain step (tau 1);
-    for the accelerated one a VaccineState whose eps is an empty, stale placeholder.
+def _stale(shape: tuple[int, ...], tau: int) -> Perturbation:
+    """A zero eps of `shape` that the next step using it recomputes (age tau)."""
+    return Perturbation(jnp.zeros(shape, jnp.float32), jnp.asarray(tau, jnp.int32))
 
-    Its shape comes from the first batch (`prepare_vaccine_state`) or, on resume, from
-    the checkpoint, whose restore fills empty template leaves with the saved shape.
+
+def _with_slots(state: TrainState, tau: int, eps_slots: int) -> VaccineState:
+    if eps_slots < 1:
+        raise ValueError(f"Vaccine eps_slots must be >= 1, got {eps_slots}")
+    return VaccineState(*state, perturbations=(_stale((0, 0, 0, 0), tau),) * eps_slots)
+
+
+def vaccine_initial_state(state: TrainState, tau: int, eps_slots: int = EPS_SLOTS
+                          ) -> TrainState | VaccineState:
+    """The state a Vaccine step starts from: `state` itself for the plain step (tau 1);
+    for the accelerated one a VaccineState of `eps_slots` empty, stale placeholders.
+
+    Their shapes come from the batches (`prepare_vaccine_state`) or, on resume, from
+    the checkpoint, whose restore fills empty template leaves with the saved shapes.
     """
-    if tau <= 1:
-        return state
-    return VaccineState(*state, eps=jnp.zeros((0, 0, 0, 0), jnp.float32),
-                        eps_age=jnp.asarray(tau, jnp.int32))
+    return state if tau <= 1 else _with_slots(state, tau, eps_slots)
 
 
 def prepare_vaccine_state(state: TrainState | VaccineState, frozen: nnx.State,
-                          graphdef: nnx.GraphDef, batch: Batch, tau: int) -> VaccineState:
-    """A VaccineState whose eps fits `batch`; a new or reshaped eps is stale (age tau),
-    so the next step recomputes it. Runs outside jit; returns `state` unchanged if it fits."""
+                          graphdef: nnx.GraphDef, batch: Batch, tau: int,
+                          eps_slots: int = EPS_SLOTS) -> VaccineState:
+    """The state with the slot of `batch`'s shape `(B, T)` first.
+
+    A hit moves that slot, eps and age untouched, to the front. A miss replaces the last
+    slot (a vacant one while any is left, since used slots are kept most recently used
+    first; else the least recently used) by a stale zero eps of the batch's shape, so
+    the step recomputes it. Empty placeholders (a fresh state's) first become stale
+    `[1, L, 1, D]` zeros, since a checkpoint cannot hold empty arrays: such a slot is just
+    the never-computed eps of a 1 x 1 batch. A TrainState (first step) gets `eps_slots`
+    slots. Runs outside jit and reads only shapes, so it never waits on the device.
+    """
+    if not isinstance(state, VaccineState):
+        state = _with_slots(state, tau, eps_slots)
     rows, length = batch["tokens"].shape
-    if isinstance(state, VaccineState) and (state.eps.shape[0], state.eps.shape[2]) == (
-            rows, length):
-        return state  # layers and width cannot change; skip the merge below
+    slots = list(state.perturbations)
+    hits = [i for i, p in enumerate(slots) if (p.eps.shape[0], p.eps.shape[2]) == (rows, length)]
+    if hits:
+        slots.insert(0, slots.pop(hits[0]))
+        return state._replace(perturbations=tuple(slots))
     cfg = nnx.merge(graphdef, state.params, frozen).config
-    shape = (rows, cfg.num_layers, length, cfg.hidden_size)
-    base = state.train_state() if isinstance(state, VaccineState) else state
-    return VaccineState(*base, eps=jnp.zeros(shape, jnp.float32),
-                        eps_age=jnp.asarray(tau, jnp.int32))
+    layers, width = cfg.num_layers, cfg.hidden_size
+    slots = [_stale((1, layers, 1, width), tau) if p.eps.size == 0 else p for p in slots]
+    slots = [_stale((rows, layers, length, width), tau), *slots[:-1]]
+    return state._replace(perturbations=tuple(slots))
 
 
 def make_accelerated_vaccine_step(graphdef: nnx.GraphDef,
@@ -212,54 +267,69 @@ def make_accelerated_vaccine_step(graphdef: nnx.GraphDef,
                                   rho: float = 2.0, tau: int = 100, site: str = "attn_out",
                                   accum_steps: int = 1, clip_norm: float | None = 1.0,
                                   schedule: optax.Schedule | None = None,
-                                  remat: bool = False, donate: bool = True) -> Step:
-    """Jitted `step(VaccineState, frozen, batch)`: eps recomputed when `tau` steps old.
+                                  remat: bool = False, eps_slots: int = EPS_SLOTS,
+                                  donate: bool = True) -> Step:
+    """`step(state, frozen, batch)`: the batch's eps is recomputed once it has served
+    `tau` steps of the batch's shape (`prepare_vaccine_state` picks the slot).
 
     Metrics add `eps_recomputed` (1.0 on the steps that ran pass 1) and `eps_norm`;
-    the clean loss is not reported, since reuse steps do not compute it.
+    the clean loss is not reported, since reuse steps do not compute it. The jitted
+    core `.jitted(TrainState, Perturbation, frozen, batch) -> (TrainState, Perturbation,
+    metrics)` sees only the batch's slot, so it compiles once per batch shape whatever
+    the other slots hold; `.lower(state, frozen, batch)` lowers it for a batch.
     """
     check_options(rho, site, tau)
+    if eps_slots < 1:
+        raise ValueError(f"Vaccine eps_slots must be >= 1, got {eps_slots}")
     update = make_train_step(perturbed_grad_fn(graphdef, site=site, remat=remat), optimizer,
                              accum_steps=accum_steps, clip_norm=clip_norm, schedule=schedule,
                              donate=False)
 
-    def step(state: VaccineState, frozen: nnx.State, batch: Batch):
+    def step(train: TrainState, slot: Perturbation, frozen: nnx.State, batch: Batch):
         check_batch(batch)
-        chex.assert_shape(state.eps, (batch["tokens"].shape[0], None,
-                                      batch["tokens"].shape[1], None))
-        stale = state.eps_age >= tau
+        chex.assert_shape(slot.eps, (batch["tokens"].shape[0], None,
+                                     batch["tokens"].shape[1], None))
+        stale = slot.age >= tau
 
         def fresh():
-            return batch_perturbation(state.params, frozen, graphdef, batch, rho=rho,
-                                      site=site, accum_steps=accum_steps, remat=remat)
+            return batch_perturbation(train.params, frozen, graphdef, batch, rho=rho,
+                                      site=site, accum_steps=accum_steps,
+                                      remat=remat)[0].astype(slot.eps.dtype)
 
-        def reuse():
-            return state.eps
-
-        eps = jax.lax.cond(stale, lambda: fresh()[0], reuse)
-        new_train, metrics = update(state.train_state(), frozen, dict(batch, **{EPS_KEY: eps}))
-        age = jnp.where(stale, 0, state.eps_age) + 1
+        eps = jax.lax.cond(stale, fresh, lambda: slot.eps)
+        new_train, metrics = update(train, frozen, dict(batch, **{EPS_KEY: eps}))
+        age = jnp.where(stale, 0, slot.age) + 1
         metrics = dict(metrics, eps_recomputed=stale.astype(jnp.float32),
                        eps_norm=jnp.sqrt(jnp.sum(jnp.square(eps))))
-        return VaccineState(*new_train, eps=eps, eps_age=age), metrics
+        return new_train, Perturbation(eps, age), metrics
 
-    jitted = jax.jit(step, donate_argnums=(0,) if donate else ())
+    jitted = jax.jit(step, donate_argnums=(0, 1) if donate else ())
+
+    def arguments(state, frozen, batch) -> tuple[VaccineState, tuple]:
+        state = prepare_vaccine_state(state, frozen, graphdef, batch, tau, eps_slots)
+        return state, (state.train_state(), state.perturbations[0], frozen, batch)
 
     def accelerated_vaccine_step(state, frozen, batch):
-        """Accepts a TrainState (first step) or a VaccineState; see prepare_vaccine_state."""
-        return jitted(prepare_vaccine_state(state, frozen, graphdef, batch, tau), frozen, batch)
+        """Accepts a TrainState (first step) or a VaccineState."""
+        state, args = arguments(state, frozen, batch)
+        train, slot, metrics = jitted(*args)
+        return VaccineState(*train, perturbations=(slot, *state.perturbations[1:])), metrics
 
-    accelerated_vaccine_step.jitted = jitted  # for lowering / memory analysis
+    accelerated_vaccine_step.jitted = jitted  # for compile counts / memory analysis
+    accelerated_vaccine_step.lower = lambda *a: jitted.lower(*arguments(*a)[1])
     return accelerated_vaccine_step
 
 
 def vaccine_step_builder(ctx: Any) -> Step:
-    """Alignment method `vaccine` for the study's stage 1 (method.rho, .site, .tau)."""
+    """Alignment method `vaccine` for the study's stage 1 (method.rho, .site, .tau,
+    .eps_slots)."""
     method = ctx.method
     rho, site = float(method.get("rho", 2.0)), str(method.get("site", "attn_out"))
     tau, remat = int(method.get("tau", 1)), bool(method.get("remat", False))
     common = dict(rho=rho, site=site, accum_steps=ctx.accum_steps, clip_norm=ctx.clip_norm,
                   schedule=ctx.schedule, remat=remat)
     if tau > 1:
-        return make_accelerated_vaccine_step(ctx.graphdef, ctx.optimizer, tau=tau, **common)
+        return make_accelerated_vaccine_step(
+            ctx.graphdef, ctx.optimizer, tau=tau,
+            eps_slots=int(method.get("eps_slots", EPS_SLOTS)), **common)
     return make_vaccine_step(ctx.graphdef, ctx.optimizer, **common)
