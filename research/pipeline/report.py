@@ -27,10 +27,10 @@ OUTCOMES = {"harmful_score": ("harmful", "harmful", bool),
 
 
 def outcomes(records: Sequence[dict], metric: str) -> dict[str, float]:
-    """Per-prompt 0/1 outcomes of `metric`, keyed by (set, uid)."""
+    """Per-prompt 0/1 outcomes of `metric` over the pooled sets, keyed by (set, uid)."""
     role, field, fn = OUTCOMES[metric]
     return {f"{r['set']}|{r['uid']}": float(fn(r[field])) for r in records
-            if r["role"] == role}
+            if r["role"] == role and r.get("pooled", True)}
 
 
 def paired_difference(a: dict[str, float], b: dict[str, float], *, seed: int = 0,
