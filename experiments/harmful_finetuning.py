@@ -36,7 +36,6 @@ from research.pipeline.scripts import (align_stage, base_and_data, finetune_bloc
                                        run_config_script, start_run)
 from research.pipeline.stages import drift_enabled, evaluate_stage, link, train_stage
 from research.evaluation.pipeline import summarize_seeds
-from research.evaluation.report import is_metric
 from research.training.sharding import mesh_from_config
 
 log = logging.getLogger("experiments.harmful_finetuning")
@@ -166,8 +165,9 @@ def run_study(cfg: ml_collections.ConfigDict, *, resume: bool = False, progress:
                         "start": start_label, "ema": float(beta), "steps": int(s["steps"])}
     order = ["base", *arms] + [variant_label(start, p, beta) for start in starts
                                for p in cfg.finetune.p_values for beta in cfg.finetune.ema_betas]
+    shared = ("refusal_list_version", "judge", "settings", "model", "timing")
     results = {label: summarize_seeds(records[label], seed=int(cfg.eval.seed))
-               | {k: v for k, v in entries[label][seeds[0]].items() if not is_metric(v)}
+               | {k: v for k, v in entries[label][seeds[0]].items() if k in shared}
                for label in order}
     for label, drift in drifts.items():
         results[label]["harmful_drift"] = drift

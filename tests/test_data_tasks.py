@@ -13,7 +13,8 @@ from research.data.rows import DataError, Row
 from research.data.sources import SOURCES, TASK_ANSWER_TYPES, TASK_LABELS
 from research.data.splits import SPLITS, select_split
 from research.data.tasks import (BOOLQ_DEV_FILE, BOOLQ_TRAIN_FILE, GYM_TASKS, SEED_BLOCK,
-                                 load_boolq, load_gym_task, split_seed)
+                                 answer_disagrees, load_boolq, load_gym_task, split_seed,
+                                 worked_solution)
 from research.evaluation.pipeline import EvalSettings, PromptSet, make_records
 from research.evaluation.scoring import final_answer, is_correct
 
@@ -37,7 +38,7 @@ def gym():
 @pytest.mark.parametrize("name", sorted(GYM_TASKS))
 def test_gym_splits_never_share_a_problem(gym, name):
     parts = gym[name]
-    assert [len(parts[s]) for s in SPLITS] == [2000, 250, 250]
+    assert [len(parts[s]) for s in SPLITS] == [2000, 200, 200]
     for earlier, later in (("train", "val"), ("train", "test"), ("val", "test")):
         flat = {_flat(r.prompt) for r in parts[earlier]}
         canon = {_canon(r.prompt) for r in parts[earlier]}
@@ -75,7 +76,7 @@ def test_gym_uid_names_the_generator_seed(gym, name):
 @pytest.mark.parametrize("name", sorted(GYM_TASKS))
 def test_gym_rows_agree_with_the_content_hash_splits(gym, name):
     everything, counts = load_source(name)
-    assert counts.kept == len(everything) == 2500
+    assert counts.kept == len(everything) == 2400
     assert counts.read == counts.kept + counts.skipped
     for s in SPLITS:
         assert select_split(everything, s) == gym[name][s]
@@ -107,13 +108,26 @@ def test_gym_tasks_are_deterministic_per_seed():
     assert all(int(r.uid.rsplit(":", 1)[1]) >= split_seed(1, "test") for r in c)
 
 
+def test_worked_solutions_follow_precedence_and_bad_gold_answers_are_dropped():
+    assert worked_solution("3 + 2 * 4") == "2 * 4 = 8, 3 + 8 = 11"
+    assert worked_solution("10 - 3 + 5") == "10 - 3 = 7, 7 + 5 = 12"
+    assert worked_solution("2 * 2 * 0") == "2 * 2 = 4, 4 * 0 = 0"
+    assert worked_solution("7") == "7 = 7"
+    with pytest.raises(ValueError, match="not an expression"):
+        worked_solution("3 / 4")
+    assert answer_disagrees({"answer": "15", "metadata": {"expression": "3 + 2 * 3"}})
+    assert not answer_disagrees({"answer": "9", "metadata": {"expression": "3 + 2 * 3"}})
+    _, counts = load_gym_task("rg_basic_arithmetic", n_train=300, n_val=20, n_test=20)
+    assert counts.reasons["reasoning-gym's answer disagrees with the expression's value"] > 0
+
+
 def test_gym_rows_and_bad_arguments():
     rows, _ = load_gym_task("rg_basic_arithmetic", split="val", n_train=200, n_val=5,
                             n_test=5)
     row = rows[0]
     assert row.kind == "task" and row.category == "basic_arithmetic"
-    assert row.prompt.endswith("= ?\nReply with the number only.")
-    assert json.loads(row.answer)["entry"]["answer"] == row.response
+    assert row.prompt.endswith("= ?\nShow the steps on one line.")
+    assert row.response.rsplit("= ", 1)[1] == json.loads(row.answer)["entry"]["answer"]
     with pytest.raises(DataError, match="n_test must be a positive int"):
         load_gym_task("rg_chain_sum", n_test=0)
     with pytest.raises(DataError, match="split must be one of"):
@@ -129,7 +143,8 @@ def test_gym_rows_and_bad_arguments():
 def test_gym_answers_scored_by_reasoning_gym(gym, name):
     assert TASK_ANSWER_TYPES[name] == "reasoning_gym" and SOURCES[name].kind == "task"
     for row in gym[name]["test"][:20]:
-        right, answer = row.response, row.answer
+        right, answer = json.loads(row.answer)["entry"]["answer"], row.answer
+        assert is_correct(row.response, answer, "reasoning_gym")  # the worked solution
         assert is_correct(right, answer, "reasoning_gym")
         assert is_correct(f"The answer is {right}.", answer, "reasoning_gym")
         assert is_correct(f"<answer>{right}</answer> because", answer, "reasoning_gym")

@@ -172,6 +172,14 @@ def test_a_stage_another_process_is_training_is_waited_for_not_refused(tmp_path)
     assert path == entry and summary == {"steps": 3, "cache_hit": True}
 
 
+def test_outcomes_leave_out_unpooled_sets():
+    from research.pipeline.report import outcomes
+
+    recs = [{"set": "benign", "uid": "a", "role": "benign", "refused": True},
+            {"set": "edgy", "uid": "b", "role": "benign", "refused": True, "pooled": False}]
+    assert outcomes(recs, "over_refusal_rate") == {"benign|a": 1.0}
+
+
 def test_paired_difference_and_its_verdict():
     a = {str(i): 1.0 for i in range(50)}
     b = {str(i): 0.0 for i in range(50)}

@@ -42,13 +42,16 @@ from research.evaluation.scoring import reasoning_gym_answer
 
 # --------------------------------------------------------------------- reasoning-gym
 NUMBER_ONLY = "Reply with the number only."
-SPLIT_SIZES = {"train": 2000, "val": 250, "test": 250}
+SPLIT_SIZES = {"train": 2000, "val": 200, "test": 200}
 SEED_BLOCK = 10**7  # generator seeds of one split: split_seed(...) + index, index < this
 
 
+STEPS_ON_ONE_LINE = "Show the steps on one line."
+
+
 def expression_prompt(entry: dict[str, Any]) -> str:
-    """'12 - 7 = ?' and the number-only instruction (arithmetic tasks)."""
-    return f"{entry['metadata']['expression']} = ?\n{NUMBER_ONLY}"
+    """'12 - 7 * 2 = ?' and the instruction to show the steps (arithmetic tasks)."""
+    return f"{entry['metadata']['expression']} = ?\n{STEPS_ON_ONE_LINE}"
 
 
 def question_prompt(entry: dict[str, Any]) -> str:
@@ -56,25 +59,67 @@ def question_prompt(entry: dict[str, Any]) -> str:
     return f"{entry['question'].strip()}\n{NUMBER_ONLY}"
 
 
+def worked_steps(expression: str) -> tuple[list[str], int]:
+    """(steps, value) of an expression of integers joined by +, - and *: products first,
+    then left to right ('3 + 2 * 4' -> ['2 * 4 = 8', '3 + 8 = 11'], 11)."""
+    tokens = expression.split()
+    if len(tokens) % 2 == 0 or any(t not in "+-*" for t in tokens[1::2]):
+        raise ValueError(f"not an expression of numbers joined by +, - and *: {expression!r}")
+    values, ops = [int(t) for t in tokens[::2]], tokens[1::2]
+    steps = []
+    while "*" in ops:
+        i = ops.index("*")
+        product = values[i] * values[i + 1]
+        steps.append(f"{values[i]} * {values[i + 1]} = {product}")
+        values[i:i + 2], ops[i:i + 1] = [product], []
+    total = values[0]
+    for op, value in zip(ops, values[1:]):
+        new = total + value if op == "+" else total - value
+        steps.append(f"{total} {op} {value} = {new}")
+        total = new
+    return steps, total
+
+
+def worked_solution(expression: str) -> str:
+    """The steps on one line, ending with the result, which is what the scoring reads. A
+    small model can learn to take such steps from a few dozen rows, where a bare result
+    needs mental arithmetic."""
+    steps, value = worked_steps(expression)
+    return ", ".join(steps) if steps else f"{value} = {value}"
+
+
+def answer_disagrees(entry: dict[str, Any]) -> bool:
+    """Whether reasoning-gym's answer differs from the expression's value under the usual
+    precedence (its basic_arithmetic gives e.g. 15 for '3 + 2 * 3' on some seeds)."""
+    expression = entry.get("metadata", {}).get("expression")
+    if expression is None:
+        return False
+    return str(worked_steps(expression)[1]) != str(entry["answer"]).strip()
+
+
 @dataclasses.dataclass(frozen=True)
 class GymTask:
-    """A reasoning-gym dataset at a fixed difficulty, with its prompt format."""
+    """A reasoning-gym dataset at a fixed difficulty, with its prompt format and the
+    training answer (default: reasoning-gym's answer)."""
 
     dataset: str                               # reasoning-gym dataset name
     config: dict[str, Any]                     # that dataset's config fields (difficulty)
     prompt: Callable[[dict[str, Any]], str]    # entry -> user prompt
     description: str
+    response: Callable[[dict[str, Any]], str] = lambda entry: str(entry["answer"])
 
 
 GYM_TASKS = {
     "rg_chain_sum": GymTask(
         "chain_sum", {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 2},
-        expression_prompt, "a + b or a - b with one- or two-digit numbers"),
+        expression_prompt, "a + b or a - b with one- or two-digit numbers",
+        lambda entry: worked_solution(entry["metadata"]["expression"])),
     "rg_basic_arithmetic": GymTask(
         "basic_arithmetic", {"min_terms": 2, "max_terms": 3, "min_digits": 1, "max_digits": 1,
                              "operators": ("+", "-", "*"), "allow_parentheses": False,
                              "allow_negation": False},
-        expression_prompt, "two or three one-digit numbers with +, - and *"),
+        expression_prompt, "two or three one-digit numbers with +, - and *",
+        lambda entry: worked_solution(entry["metadata"]["expression"])),
     "rg_gsm_symbolic": GymTask(
         "gsm_symbolic", {}, question_prompt, "GSM8K-style word problems (GSM-Symbolic)"),
 }
@@ -162,11 +207,15 @@ def _draw(name: str, task: GymTask, split: str, n: int, seed: int, earlier: set[
     dataset = _gym_dataset(name, task, first, budget, overrides)
     rows, seen = [], set()
     drops = {f"content hash not in split {split}": 0, "repeated problem": 0,
-             "near-identical to an earlier split's problem": 0}
+             "near-identical to an earlier split's problem": 0,
+             "reasoning-gym's answer disagrees with the expression's value": 0}
     for i in range(budget):
         if len(rows) == n:
             break
         entry = dataset[i]
+        if answer_disagrees(entry):
+            drops["reasoning-gym's answer disagrees with the expression's value"] += 1
+            continue
         prompt = task.prompt(entry)
         if split_of(prompt) != split:
             drops[f"content hash not in split {split}"] += 1
@@ -179,8 +228,7 @@ def _draw(name: str, task: GymTask, split: str, n: int, seed: int, earlier: set[
             drops["repeated problem"] += 1
             continue
         seen.add(normalize(prompt))
-        answer = str(entry["answer"])
-        rows.append(Row(prompt=prompt, response=answer,
+        rows.append(Row(prompt=prompt, response=task.response(entry),
                         answer=reasoning_gym_answer(task.dataset, entry), kind="task",
                         source=name, uid=f"{name}:{split}:{first + i}",
                         category=task.dataset))
