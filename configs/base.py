@@ -64,7 +64,7 @@ def get_config() -> ml_collections.ConfigDict:
         edgy_sources="rho_overrefusal", n_edgy=100,
         # research.evaluation.judges; its calibration agreement is cited in every report
         judge="relevance",
-        task_max_new_tokens=16, batch_size=16, seed=0,
+        task_max_new_tokens=24, batch_size=16, seed=0,
         # "test" for reported numbers; "val" to tune data and recipes without touching
         # them (no stage trains on either).
         split="test"))
