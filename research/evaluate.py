@@ -55,7 +55,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--limit", type=int, help="at most N prompts from each source or file")
-    p.add_argument("--judge", default="keyword",
+    p.add_argument("--judge", default="relevance",
                    help="registered judge name (keyword, relevance, llama-guard-3-1b, "
                         "llama-guard-3-8b, harmbench-llama2-13b, wildguard, ...)")
     p.add_argument("--judge-source", help="a hub judge's model as a local folder "

@@ -26,7 +26,8 @@ def test_cli_end_to_end_on_the_embedded_model(embedded, tmp_path, capsys):
     for name in ("harmful_score", "refusal_rate", "over_refusal_rate", "task_accuracy"):
         assert set(entry[name]) == {"value", "ci_low", "ci_high", "n"}
     assert entry["harmful_score"]["n"] == 2 and entry["over_refusal_rate"]["n"] == 2
-    assert entry["harmful_score"]["value"] + entry["refusal_rate"]["value"] == 100.0
+    assert entry["harmful_score"]["value"] + entry["refusal_rate"]["value"] <= 100.0
+    assert entry["judge"]["name"] == "relevance"  # the default judge
     assert entry["refusal_list_version"] == "refusal-v2"
     assert entry["settings"]["max_new_tokens"] == 8 and entry["settings"]["prefix"] == "Sure,"
     assert entry["counts"]["everyday"]["reasons"]["over --limit"] > 0
