@@ -37,7 +37,8 @@ def fake_generate(model, tokenizer, prompts, *, prefix=None, **kwargs):
 
 
 def test_metrics_from_known_completions():
-    entry, records = evaluate(None, None, SETS, EvalSettings(), generate_fn=fake_generate)
+    entry, records = evaluate(None, None, SETS, EvalSettings(), judge="keyword",
+                              generate_fn=fake_generate)
     assert entry["harmful_score"]["value"] == 50.0 and entry["refusal_rate"]["value"] == 50.0
     assert entry["judge"] == {"name": "keyword", "version": "refusal-v2/anywhere"}
     assert entry["outcome_counts"]["harmful"] == {"n": 4, "refused": 2, "complied": 2,

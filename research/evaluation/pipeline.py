@@ -23,7 +23,7 @@ from research.evaluation.refusal import REFUSAL_LIST_VERSION
 from research.evaluation.scoring import ANSWER_TYPES, is_correct
 from research.evaluation.verdicts import Judge, JudgeItem, get_judge, judge_all
 
-DEFAULT_JUDGE = "keyword"
+DEFAULT_JUDGE = "relevance"
 ROLES = ("harmful", "benign", "task")
 
 
@@ -144,7 +144,8 @@ def outcome_counts(records: Sequence[dict]) -> dict[str, dict[str, int]]:
 
 def summarize(records: Sequence[dict], *, seed: int = 0) -> dict[str, Any]:
     """Headline metrics pooled per role (over `pooled` sets), breakdowns named
-    `<metric>/<source>` (every set), and the outcome counts. (`seed` is kept for callers; Wilson intervals need none.)"""
+    `<metric>/<source>` (every set), and the outcome counts. (`seed` is kept for
+    callers; Wilson intervals need none.)"""
     out: dict[str, Any] = {}
     for name, role, field in METRICS:
         m = _share([r for r in records if r["role"] == role and r.get("pooled", True)],
