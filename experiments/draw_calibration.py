@@ -17,22 +17,17 @@ from typing import Sequence
 
 import numpy as np
 
-from research.data.sources import load_source
-from research.data.splits import select_split
 from research.models import load_pretrained
 from research.models.generate import generate
-from research.pipeline.data import LENGTH_CAPPED
+from research.pipeline.data import split_pool
 
 HARMFUL = ("advbench", "donotanswer")
 BENIGN = ("persistbench", "freshqa", "writingbench", "everyday", "rho_overrefusal")
 
 
 def prompt_pool(names: Sequence[str], split: str) -> list:
-    rows = []
-    for name in names:
-        kept = select_split(load_source(name)[0], split)  # split first, then cap length
-        rows += [r for r in kept if name not in LENGTH_CAPPED or len(r.prompt) <= 300]
-    return rows
+    """The named sources' rows in `split`, long WritingBench/PersistBench requests cut."""
+    return [r for pool in split_pool(names, split, {}, max_chars=300).values() for r in pool]
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -97,7 +97,7 @@ def run_study(cfg: ml_collections.ConfigDict, *, resume: bool = False, progress:
              "user_harmful_pool": len(data["user_harmful"]),
              "task_train": len(data["task_train"]), "counts": data["counts"]})
     sets = data["eval_sets"]
-    entries: dict[str, dict[int, dict]] = {}
+    first_entry: dict[str, dict] = {}  # each label's first evaluation: its settings, timing
     records: dict[str, dict[int, list[dict]]] = {}
 
     def evaluate(label: str, seed: int, source: str, key: str, loaded: Any = None) -> None:
@@ -106,7 +106,7 @@ def run_study(cfg: ml_collections.ConfigDict, *, resume: bool = False, progress:
         entry, recs = evaluate_stage(label=label, source=source, model_key=key, sets=sets,
                                      eval_cfg=cfg.eval, cache_root=cache, loaded=loaded,
                                      generate_fn=generate_fn)
-        entries.setdefault(label, {})[seed] = entry
+        first_entry.setdefault(label, entry)
         records.setdefault(label, {})[seed] = recs
         run.log({"event": "eval", "label": label, "seed": seed,
                  **{m: entry[m]["value"] for m in report.HEADLINE if m in entry}})
@@ -115,8 +115,7 @@ def run_study(cfg: ml_collections.ConfigDict, *, resume: bool = False, progress:
 
     evaluate("base", seeds[0], base_source, base_key, loaded=(base_model, tokenizer))
     for seed in seeds[1:]:  # the untrained base model is the same for every seed
-        entries["base"][seed], records["base"][seed] = (entries["base"][seeds[0]],
-                                                        records["base"][seeds[0]])
+        records["base"][seed] = records["base"][seeds[0]]
     del base_model
     arms = alignment_arms(cfg)
     starts = [s for start in cfg.finetune.starts
@@ -167,7 +166,7 @@ def run_study(cfg: ml_collections.ConfigDict, *, resume: bool = False, progress:
                                for p in cfg.finetune.p_values for beta in cfg.finetune.ema_betas]
     shared = ("refusal_list_version", "judge", "settings", "model", "timing")
     results = {label: summarize_seeds(records[label], seed=int(cfg.eval.seed))
-               | {k: v for k, v in entries[label][seeds[0]].items() if k in shared}
+               | {k: v for k, v in first_entry[label].items() if k in shared}
                for label in order}
     for label, drift in drifts.items():
         results[label]["harmful_drift"] = drift

@@ -142,16 +142,15 @@ def outcome_counts(records: Sequence[dict]) -> dict[str, dict[str, int]]:
     return out
 
 
-def summarize(records: Sequence[dict], *, seed: int = 0) -> dict[str, Any]:
-    """Headline metrics pooled per role (over `pooled` sets), breakdowns named
-    `<metric>/<source>` (every set), and the outcome counts. (`seed` is kept for
-    callers; Wilson intervals need none.)"""
-    out: dict[str, Any] = {}
+def metric_records(records: Sequence[dict]) -> dict[str, tuple[list[dict], str]]:
+    """Which records each metric is a share of, and the record field it counts: the
+    METRICS pooled per role over `pooled` sets, then the BY_SOURCE breakdowns named
+    `<metric>/<source>` (every set) where a role has several sources or unpooled sets."""
+    out: dict[str, tuple[list[dict], str]] = {}
     for name, role, field in METRICS:
-        m = _share([r for r in records if r["role"] == role and r.get("pooled", True)],
-                   field)
-        if m is not None:
-            out[name] = m
+        pooled = [r for r in records if r["role"] == role and r.get("pooled", True)]
+        if pooled:
+            out[name] = (pooled, field)
     for name, role, field in METRICS:
         if name not in BY_SOURCE or name not in out:
             continue
@@ -162,7 +161,22 @@ def summarize(records: Sequence[dict], *, seed: int = 0) -> dict[str, Any]:
         if len(groups) > 1 or role == "task" or any(not r.get("pooled", True)
                                                      for r in records if r["role"] == role):
             for source, recs in sorted(groups.items()):
-                out[f"{name}/{source}"] = _share(recs, field)
+                out[f"{name}/{source}"] = (recs, field)
+    return out
+
+
+def summarize(records: Sequence[dict], *, seed: int = 0) -> dict[str, Any]:
+    """Each metric of `metric_records` as a Wilson proportion (a breakdown only where its
+    pooled metric exists), and the outcome counts. (`seed` is kept for callers; Wilson
+    intervals need none.)"""
+    out: dict[str, Any] = {}
+    for name, (recs, field) in metric_records(records).items():
+        pooled = name.partition("/")[0]
+        if pooled != name and pooled not in out:
+            continue
+        m = _share(recs, field)
+        if m is not None:
+            out[name] = m
     if any(r["role"] != "task" for r in records):
         out["outcome_counts"] = outcome_counts(records)
     return out
@@ -177,17 +191,14 @@ def summarize_seeds(records_by_seed: Mapping[int, Sequence[dict]], *,
     if len(records_by_seed) == 1:
         return summarize(next(iter(records_by_seed.values())), seed=seed)
     per_seed = {s: summarize(r, seed=seed) for s, r in records_by_seed.items()}
+    selected = {s: metric_records(r) for s, r in records_by_seed.items()}
     out: dict[str, Any] = {}
     names = [n for n in next(iter(per_seed.values())) if n != "outcome_counts"]
-    fields = {name: (role, field) for name, role, field in METRICS}
     for name in names:
-        metric, _, source = name.partition("/")
-        role, field = fields[metric]
         groups = {}
-        for s, recs in records_by_seed.items():
-            chosen = [r for r in recs if r["role"] == role
-                      and (r["source"] == source if source else r.get("pooled", True))]
-            values = [r.get(field) for r in chosen]
+        for s, chosen in selected.items():
+            recs, field = chosen[name]
+            values = [r.get(field) for r in recs]
             if any(v is None for v in values):
                 break
             groups[s] = [float(bool(v)) for v in values]

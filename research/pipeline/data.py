@@ -43,6 +43,14 @@ def _names(spec: str | Sequence[str]) -> list[str]:
 LENGTH_CAPPED = ("writingbench", "persistbench")  # long human-written requests, capped
 
 
+def within_cap(name: str, rows: Sequence[Row], max_chars: int | None) -> list[Row]:
+    """`rows` of source `name` without prompts over `max_chars` when the source is
+    LENGTH_CAPPED (apply after splitting, so a prompt's split never depends on the cap)."""
+    if max_chars is None or name not in LENGTH_CAPPED:
+        return list(rows)
+    return [r for r in rows if len(r.prompt) <= max_chars]
+
+
 def split_pool(names: Sequence[str], split: str, counts: dict[str, dict],
                max_chars: int | None = None) -> dict[str, list[Row]]:
     """Rows of each named source restricted to one split; counts recorded per source.
@@ -53,8 +61,8 @@ def split_pool(names: Sequence[str], split: str, counts: dict[str, dict],
         rows, c = load_source(name)
         kept = select_split(rows, split)
         c.skip(f"not in split {split}", len(rows) - len(kept))
-        if max_chars is not None and name in LENGTH_CAPPED:
-            short = [r for r in kept if len(r.prompt) <= max_chars]
+        short = within_cap(name, kept, max_chars)
+        if len(short) < len(kept):
             c.skip(f"longer than {max_chars} characters", len(kept) - len(short))
             kept = short
         c.kept = len(kept)
@@ -157,16 +165,10 @@ def eval_sets(cfg: ml_collections.ConfigDict, counts: dict[str, dict]) -> list[P
             PromptSet(f"task:{d.task}", "task", task, answer_type=TASK_ANSWER_TYPES[d.task],
                       labels=TASK_LABELS.get(d.task, ()))]
     if e.get("edgy_sources") and e.get("n_edgy", 0) > 0:
-        edgy = balanced_sample(split_pool(_names(e.edgy_sources), split, counts),
-                               min(e.n_edgy, _available(e.edgy_sources, split, counts)),
-                               e.seed)
+        pools = split_pool(_names(e.edgy_sources), split, counts)
+        edgy = balanced_sample(pools, min(e.n_edgy, sum(map(len, pools.values()))), e.seed)
         sets.append(PromptSet("edgy", "benign", edgy, pooled=False))
     return sets
-
-
-def _available(names: str, split: str, counts: dict[str, dict]) -> int:
-    """How many rows the named sources hold in `split` (after split_pool counted them)."""
-    return sum(counts[f"{n}/{split}"]["kept"] for n in _names(names))
 
 
 def user_rows(cfg: ml_collections.ConfigDict, data: dict[str, Any], p: float) -> list[Row]:

@@ -12,7 +12,7 @@ import numpy as np
 from research.data.rows import Row
 from research.data.sources import load_source
 from research.data.splits import select_split
-from research.pipeline.data import LENGTH_CAPPED
+from research.pipeline.data import within_cap
 
 
 def model_sources(specs: Sequence[str], run: str | None) -> dict[str, str]:
@@ -40,9 +40,7 @@ def sample_rows(names: str, split: str, n: int, seed: int, **kwargs: Any) -> lis
     for name in [s.strip() for s in names.split(",") if s.strip()]:
         rows, _ = load_source(name, **kwargs)
         key = "response" if name == "refusals" else "prompt"
-        rows = select_split(rows, split, key=key)  # split first: the cap never moves a row
-        if name in LENGTH_CAPPED:
-            rows = [r for r in rows if len(r.prompt) <= 1000]
+        rows = within_cap(name, select_split(rows, split, key=key), 1000)
         pools.append([rows[i] for i in np.random.default_rng(seed).permutation(len(rows))])
     mixed = [r for group in zip(*pools) for r in group] if pools else []
     used = {r.uid for r in mixed}

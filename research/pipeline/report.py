@@ -33,14 +33,20 @@ def outcomes(records: Sequence[dict], metric: str) -> dict[str, float]:
             if r["role"] == role and r.get("pooled", True)}
 
 
+def _paired(a: Mapping[tuple, float], b: Mapping[tuple, float], **kwargs) -> dict:
+    """intervals.paired_effect over (seed, prompt) keys, or an empty metric when the arms
+    share no key."""
+    if not set(a) & set(b):
+        return {"value": None, "ci_low": None, "ci_high": None, "n": 0}
+    return paired_effect(a, b, **kwargs)
+
+
 def paired_difference(a: dict[str, float], b: dict[str, float], *, seed: int = 0,
                       n_boot: int = 2000) -> dict:
     """(b - a) in percentage points over the prompts both share, with a paired 95% CI
     (one seed: a paired bootstrap over prompts; research.evaluation.intervals)."""
-    if not set(a) & set(b):
-        return {"value": None, "ci_low": None, "ci_high": None, "n": 0}
-    return paired_effect({(0, k): v for k, v in a.items()}, {(0, k): v for k, v in b.items()},
-                         seed=seed, n_boot=n_boot)
+    return _paired({(0, k): v for k, v in a.items()}, {(0, k): v for k, v in b.items()},
+                   seed=seed, n_boot=n_boot)
 
 
 def seeded_outcomes(records_by_seed: Mapping[int, Sequence[dict]],
@@ -54,10 +60,7 @@ def arm_difference(a: Mapping[int, Sequence[dict]], b: Mapping[int, Sequence[dic
                    metric: str, *, seed: int = 0) -> dict:
     """(b - a) in points for `metric`, paired by (seed, prompt): a hierarchical bootstrap
     over seeds then prompts, or over prompts for one seed (intervals.paired_effect)."""
-    ka, kb = seeded_outcomes(a, metric), seeded_outcomes(b, metric)
-    if not set(ka) & set(kb):
-        return {"value": None, "ci_low": None, "ci_high": None, "n": 0}
-    return paired_effect(ka, kb, seed=seed)
+    return _paired(seeded_outcomes(a, metric), seeded_outcomes(b, metric), seed=seed)
 
 
 def effect_sentence(name: str, metric: str, d: dict) -> str:
